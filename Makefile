@@ -1,0 +1,47 @@
+# segexp: `make train` and `make test` install what they need first (into .venv).
+#
+# Torch knobs: TORCH_VERSION pins the release (default 2.13.0). On Linux, PyPI's torch is a CUDA
+# build, so GPU machines get CUDA from the same command; a machine whose pip finds a local CPU
+# wheel (as this project's CI machine does) gets that one instead of a multi-GB download.
+# To pick a specific CUDA (or CPU-only) build, set TORCH_INDEX_URL to PyTorch's wheel index for it.
+
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_VERSION ?= 2.13.0
+TORCH_INDEX_URL ?=
+T ?=
+PROFILE ?= smoke
+ARGS ?=
+
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.segexp-installed
+TORCH_SOURCE := $(if $(TORCH_INDEX_URL),--extra-index-url $(TORCH_INDEX_URL),)
+
+.PHONY: install train test test-slow bench lint clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "torch==$(TORCH_VERSION)" $(TORCH_SOURCE)
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+train: $(STAMP)
+	$(BIN)/segexp-train experiment=synthetic $(ARGS)
+
+test: $(STAMP)
+	$(BIN)/pytest -q $(ARGS)
+
+test-slow: $(STAMP)
+	$(BIN)/pytest -q -m slow $(ARGS)
+
+bench: $(STAMP)
+	$(BIN)/python -m segexp.bench $(ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests
+
+clean:
+	rm -rf outputs multirun .pytest_cache .ruff_cache

@@ -1,0 +1,93 @@
+"""Turn a composed config into the objects of a run: data module, segmentor, Lightning module.
+
+The config groups map one-to-one onto constructor calls (Hydra ``instantiate``): ``backbone``,
+``head``, ``loss``, ``schedule``, ``dataset`` (+ the ``data`` loader settings) and ``trainer``.
+The few values that depend on another part (the head's input channels, the number of classes)
+are passed here, not repeated in YAML.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from segexp.config import validate_config
+from segexp.datamodule import SegmentationDataModule
+from segexp.heads.fcn import FCNHead
+from segexp.module import SegmentationModule
+from segexp.segmentor import Segmentor
+
+
+@dataclass
+class ModelOptions:
+    """The ``model`` config node: how backbone and head are put together and trained."""
+
+    aux_weight: float = 0.0
+    aux_channels: int = 256
+    aux_dropout: float = 0.1
+    align_corners: bool = False
+    bn_momentum: float | None = None
+    downsample_labels: bool = False
+    eval_output_stride: int | None = None
+
+
+def validate(cfg: DictConfig) -> None:
+    """Fail before training on unknown keys or wrongly typed values (see :mod:`segexp.config`)."""
+    validate_config(cfg, {"data": SegmentationDataModule, "model": ModelOptions})
+
+
+def model_options(cfg: DictConfig) -> ModelOptions:
+    return ModelOptions(**OmegaConf.to_container(cfg.get("model") or {}, resolve=True))
+
+
+def build_datamodule(cfg: DictConfig) -> SegmentationDataModule:
+    dataset = instantiate(cfg.dataset, _partial_=True)
+    data = OmegaConf.to_container(cfg.get("data") or {}, resolve=True)
+    return SegmentationDataModule(dataset=dataset, seed=int(cfg.get("seed", 0)), **data)
+
+
+def build_segmentor(cfg: DictConfig, num_classes: int) -> Segmentor:
+    """Backbone from ``cfg.backbone``, head from ``cfg.head`` sized to it, optional aux head."""
+    options = model_options(cfg)
+    backbone = instantiate(cfg.backbone)
+    head = instantiate(cfg.head, in_channels=backbone.out_channels, num_classes=num_classes)
+    aux_head = None
+    if options.aux_weight > 0:
+        aux_head = FCNHead(
+            backbone.aux_channels, num_classes, channels=options.aux_channels, dropout=options.aux_dropout
+        )
+    model = Segmentor(backbone, head, aux_head, align_corners=options.align_corners)
+    if options.bn_momentum is not None:
+        set_bn_momentum(model, options.bn_momentum)
+    return model
+
+
+def set_bn_momentum(model: nn.Module, momentum: float) -> None:
+    """Torch's BN ``momentum`` is 1 - the TF "decay" (DeepLabv3's decay 0.9997 -> 0.0003)."""
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.momentum = momentum
+
+
+def build_module(cfg: DictConfig, datamodule: SegmentationDataModule) -> SegmentationModule:
+    options = model_options(cfg)
+    return SegmentationModule(
+        model=build_segmentor(cfg, datamodule.num_classes),
+        loss=instantiate(cfg.loss),
+        schedule=instantiate(cfg.schedule),
+        class_names=datamodule.class_names,
+        aux_weight=options.aux_weight,
+        downsample_labels=options.downsample_labels,
+        eval_output_stride=options.eval_output_stride,
+        inference=instantiate(cfg.inference) if cfg.get("inference") else None,
+        config=plain_config(cfg),
+    )
+
+
+def plain_config(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved config as plain containers (what checkpoints and metrics.json store)."""
+    return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)  # type: ignore[return-value]

@@ -1,0 +1,82 @@
+"""Callbacks: validation examples for the dashboards and a Hydra-aware run summary."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
+from torch import Tensor
+
+from segexp.datasets.base import IGNORE_INDEX
+
+
+class ValidationExamples(pl.Callback):
+    """Logs the first ``num_images`` validation images with predicted and true masks.
+
+    wandb gets interactive mask overlays (``wandb.Image(masks=...)``); TensorBoard gets a
+    side-by-side image | prediction overlay | label overlay strip. Other loggers are skipped.
+    """
+
+    def __init__(self, num_images: int = 4) -> None:
+        self.num_images = num_images
+
+    def on_validation_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+        batch_idx: int, dataloader_idx: int = 0,
+    ) -> None:
+        if batch_idx != 0 or trainer.sanity_checking or not trainer.is_global_zero or outputs is None:
+            return
+        datamodule = trainer.datamodule
+        images = _denormalize(batch["image"][: self.num_images], datamodule.mean, datamodule.std)
+        preds = outputs[: self.num_images].argmax(dim=1).cpu().numpy().astype(np.uint8)
+        labels = batch["label"][: self.num_images].cpu().numpy()
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                _log_wandb(logger, images, preds, labels, datamodule.class_names, trainer.global_step)
+            elif isinstance(logger, TensorBoardLogger):
+                strips = [_overlay_strip(i, p, m, datamodule.palette) for i, p, m in zip(images, preds, labels)]
+                logger.experiment.add_images(
+                    "val/examples", np.stack(strips), trainer.global_step, dataformats="NHWC"
+                )
+
+
+def _denormalize(images: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
+    m = torch.tensor(mean, device=images.device).view(1, 3, 1, 1)
+    s = torch.tensor(std, device=images.device).view(1, 3, 1, 1)
+    pixels = ((images * s + m).clamp(0, 1) * 255).round().byte()
+    return pixels.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def _colorize(mask: np.ndarray, palette: tuple[tuple[int, int, int], ...]) -> np.ndarray:
+    lut = np.zeros((256, 3), dtype=np.uint8)
+    lut[: len(palette)] = np.asarray(palette, dtype=np.uint8)
+    return lut[mask.astype(np.uint8)]
+
+
+def _overlay_strip(
+    image: np.ndarray, pred: np.ndarray, label: np.ndarray, palette: tuple[tuple[int, int, int], ...]
+) -> np.ndarray:
+    def overlay(mask: np.ndarray) -> np.ndarray:
+        mixed = (0.5 * image + 0.5 * _colorize(mask, palette)).astype(np.uint8)
+        mixed[mask == IGNORE_INDEX] = image[mask == IGNORE_INDEX]
+        return mixed
+
+    return np.concatenate([image, overlay(pred), overlay(label)], axis=1)
+
+
+def _log_wandb(
+    logger: WandbLogger, images: np.ndarray, preds: np.ndarray, labels: np.ndarray,
+    class_names: tuple[str, ...], step: int,
+) -> None:
+    class_labels = {i: name for i, name in enumerate(class_names)} | {IGNORE_INDEX: "ignore"}
+    masks = [
+        {
+            "prediction": {"mask_data": p, "class_labels": class_labels},
+            "ground_truth": {"mask_data": lab.astype(np.uint8), "class_labels": class_labels},
+        }
+        for p, lab in zip(preds, labels)
+    ]
+    logger.log_image(key="val/examples", images=list(images), step=step, masks=masks)

@@ -1,0 +1,172 @@
+"""Config composition helpers: resolvers, start-up validation and the conf/ location.
+
+Validation treats each component's typed constructor as its schema: every config node with a
+``_target_`` (and the ``data`` and ``model`` nodes, checked against the data module and
+:class:`segexp.builders.ModelOptions`) may only hold keys that are parameters of that callable,
+and each value must match the parameter's annotation. A misspelt key or a wrong type therefore
+fails before any data is read, with the full config key in the message.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import netrc
+import os
+import types
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from hydra.utils import get_object
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CONF_DIR = REPO_ROOT / "conf"
+
+
+class ConfigError(ValueError):
+    """A config key or value that cannot work, named by its full dotted key."""
+
+
+def wandb_mode() -> str:
+    """``WANDB_MODE`` when set, else ``online`` if an API key is configured, else ``offline``."""
+    if os.environ.get("WANDB_MODE"):
+        return os.environ["WANDB_MODE"]
+    if os.environ.get("WANDB_API_KEY"):
+        return "online"
+    try:
+        return "online" if netrc.netrc().authenticators("api.wandb.ai") else "offline"
+    except (FileNotFoundError, netrc.NetrcParseError):
+        return "offline"
+
+
+def register_resolvers() -> None:
+    """Resolvers used by conf/: ``${repo_root:}`` and ``${wandb_mode:}``."""
+    if not OmegaConf.has_resolver("repo_root"):
+        OmegaConf.register_new_resolver("repo_root", lambda: str(REPO_ROOT))
+    if not OmegaConf.has_resolver("wandb_mode"):
+        OmegaConf.register_new_resolver("wandb_mode", wandb_mode)
+
+
+register_resolvers()
+
+
+def validate_config(cfg: DictConfig, schemas: Mapping[str, Callable[..., Any]]) -> None:
+    """Check every ``_target_`` node, and each node named in ``schemas``, against a signature.
+
+    ``schemas`` maps a top-level key (e.g. ``"data"``) to the callable whose keyword parameters
+    that node feeds. Raises :class:`ConfigError` naming the first offending key.
+    """
+    for key, target in schemas.items():
+        node = cfg.get(key)
+        if node is not None:
+            _check_node(node, target, key, skip_keys=())
+    _check_targets(cfg, prefix="")
+
+
+def _check_targets(node: Any, prefix: str) -> None:
+    if isinstance(node, DictConfig):
+        target_name = node.get("_target_") if "_target_" in node else None
+        if target_name is not None:
+            try:
+                target = get_object(str(target_name))
+            except Exception as err:  # hydra raises several types here
+                raise ConfigError(f"{prefix}._target_: cannot import '{target_name}': {err}") from err
+            _check_node(node, target, prefix, skip_keys=())
+        for key in node:
+            child = node._get_node(key)
+            if isinstance(child, (DictConfig, ListConfig)):
+                _check_targets(child, f"{prefix}.{key}" if prefix else str(key))
+    elif isinstance(node, ListConfig):
+        for i, child in enumerate(node):
+            _check_targets(child, f"{prefix}[{i}]")
+
+
+def _signature_params(target: Callable[..., Any]) -> tuple[dict[str, inspect.Parameter], bool, dict]:
+    fn = target.__init__ if inspect.isclass(target) else target
+    params = dict(inspect.signature(fn).parameters)
+    params.pop("self", None)
+    open_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception:  # unresolvable annotations in third-party code: check keys only
+        hints = {}
+    return params, open_kwargs, hints
+
+
+def _check_node(node: DictConfig, target: Callable[..., Any], prefix: str, skip_keys: Sequence[str]) -> None:
+    params, open_kwargs, hints = _signature_params(target)
+    name = getattr(target, "__qualname__", str(target))
+    for key in node:
+        key = str(key)
+        if (key.startswith("_") and key.endswith("_")) or key in skip_keys:
+            continue
+        full_key = f"{prefix}.{key}" if prefix else key
+        if key not in params:
+            if open_kwargs:
+                continue
+            close = difflib.get_close_matches(key, list(params), n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(
+                f"Unknown config key '{full_key}': {name} has no parameter '{key}'.{hint} "
+                f"Valid keys: {', '.join(sorted(p for p in params if p not in ('args', 'kwargs')))}"
+            )
+        if key in hints:
+            _check_value(node, key, hints[key], full_key)
+
+
+def _check_value(node: DictConfig, key: str, annotation: Any, full_key: str) -> None:
+    if OmegaConf.is_missing(node, key):
+        return
+    try:
+        value = node[key]
+    except Exception:  # an interpolation only resolvable inside a Hydra run (e.g. ${hydra:...})
+        return
+    if isinstance(value, DictConfig) and "_target_" in value:
+        return  # a nested component, checked against its own target
+    if isinstance(value, (DictConfig, ListConfig)):
+        value = OmegaConf.to_container(value, resolve=True)
+    if not _matches(value, annotation):
+        raise ConfigError(
+            f"Config value {full_key}={value!r} has the wrong type: expected {_describe(annotation)}, "
+            f"got {type(value).__name__}"
+        )
+
+
+def _matches(value: Any, annotation: Any) -> bool:
+    if annotation is Any or annotation is inspect.Parameter.empty:
+        return True
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, a) for a in args)
+    if annotation is type(None):
+        return value is None
+    if origin is typing.Literal:
+        return value in args
+    if annotation is bool:
+        return isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is str:
+        return isinstance(value, str)
+    if origin in (list, tuple, Sequence) or annotation in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            return False
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            return len(value) == len(args) and all(_matches(v, a) for v, a in zip(value, args))
+        elem = args[0] if args else Any
+        return all(_matches(v, elem) for v in value)
+    if origin in (dict, Mapping) or annotation is dict:
+        return isinstance(value, dict)
+    return True  # classes, callables, protocols: not checkable from config values
+
+
+def _describe(annotation: Any) -> str:
+    if isinstance(annotation, type):
+        return annotation.__name__
+    return str(annotation).replace("typing.", "")

@@ -1,0 +1,226 @@
+"""Common machinery of every segmentation dataset: file loading, label validation, seeded transforms.
+
+A dataset is a list of ``(image path, label path)`` pairs plus a per-dataset mapping from raw label
+values to training ids (``encode_label``); void pixels are mapped to :data:`IGNORE_INDEX`. Indexing with
+``(index, seed)`` re-seeds the albumentations pipeline first, so the augmented sample is a pure function
+of the pair, which is what makes resumed training bit-exact.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import albumentations as A
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+IGNORE_INDEX: int = 255
+"""The single label value ignored by losses and metrics, project-wide."""
+
+_PIL_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+class DatasetError(ValueError):
+    """A dataset file, folder or split is missing, unreadable or inconsistent; the message names it."""
+
+
+def load_image(path: str | Path) -> np.ndarray:
+    """Read an image file as an ``HxWx3`` uint8 RGB array; raise :class:`DatasetError` naming the file."""
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+    except FileNotFoundError as err:
+        raise DatasetError(f"image file not found: {path}") from err
+    except _PIL_ERRORS as err:
+        raise DatasetError(f"cannot read image file {path}: {err}") from err
+
+
+def load_label(path: str | Path) -> np.ndarray:
+    """Read a single-channel label image as an ``HxW`` integer array of raw values.
+
+    Palette ("P") PNGs give their palette indices (the class ids of VOC), grayscale PNGs their values.
+    Colour label images are rejected: they need an explicit colour-to-id mapping.
+    """
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode == "1":
+                im = im.convert("L")
+            if im.mode not in ("P", "L", "I", "I;16", "I;16B", "I;16L"):
+                raise DatasetError(f"label file {path} has mode {im.mode!r}; expected a single-channel image")
+            label = np.array(im)
+    except FileNotFoundError as err:
+        raise DatasetError(f"label file not found: {path}") from err
+    except DatasetError:
+        raise
+    except _PIL_ERRORS as err:
+        raise DatasetError(f"cannot read label file {path}: {err}") from err
+    if label.dtype != np.uint8 and label.size and label.min() >= 0 and label.max() <= 255:
+        label = label.astype(np.uint8)
+    return label
+
+
+def apply_lut(label: np.ndarray, lut: np.ndarray) -> np.ndarray:
+    """Map raw label values through a 256-entry lookup table.
+
+    Values outside ``[0, 256)`` (possible in 16-bit label files) are passed through unchanged so that
+    validation reports them.
+    """
+    if label.dtype == np.uint8:
+        return lut[label]
+    values = label.astype(np.int64)
+    inside = (values >= 0) & (values < len(lut))
+    out = values.copy()
+    out[inside] = lut[values[inside]]
+    return out
+
+
+def identity_lut() -> np.ndarray:
+    """A 256-entry uint8 lookup table mapping every value to itself (start point for label maps)."""
+    return np.arange(256, dtype=np.uint8)
+
+
+def read_split_file(path: Path) -> list[str]:
+    """Non-blank, stripped lines of a split file; raise :class:`DatasetError` if it is missing or empty."""
+    if not path.is_file():
+        raise DatasetError(f"split file not found: {path}")
+    try:
+        lines = [line.strip() for line in path.read_text().splitlines()]
+    except (OSError, UnicodeDecodeError) as err:
+        raise DatasetError(f"cannot read split file {path}: {err}") from err
+    lines = [line for line in lines if line]
+    if not lines:
+        raise DatasetError(f"split file {path} lists no samples")
+    return lines
+
+
+def check_split(split: str, allowed: Iterable[str], dataset: str) -> None:
+    """Raise :class:`DatasetError` unless ``split`` is one of ``allowed``."""
+    allowed = tuple(allowed)
+    if split not in allowed:
+        raise DatasetError(f"{dataset}: unknown split {split!r}; expected one of {allowed}")
+
+
+def check_root(root: Path, dataset: str) -> None:
+    """Raise :class:`DatasetError` unless ``root`` is an existing, non-empty folder."""
+    if not root.is_dir():
+        raise DatasetError(f"{dataset}: dataset root not found: {root}")
+    if not any(root.iterdir()):
+        raise DatasetError(f"{dataset}: dataset root is empty: {root}")
+
+
+def check_label_values(label: np.ndarray, num_classes: int, path: Path) -> np.ndarray:
+    """Return ``label`` as uint8 after checking every value is in ``[0, num_classes)`` or IGNORE_INDEX."""
+    if label.dtype == np.uint8:
+        counts = np.bincount(label.ravel(), minlength=256)
+        counts[IGNORE_INDEX] = 0
+        bad = np.flatnonzero(counts[num_classes:]) + num_classes
+    else:
+        values = np.unique(label)
+        bad = values[((values < 0) | (values >= num_classes)) & (values != IGNORE_INDEX)]
+    if bad.size:
+        shown = ", ".join(str(int(v)) for v in bad[:10]) + (", ..." if bad.size > 10 else "")
+        raise DatasetError(
+            f"label file {path} has values [{shown}] outside [0, {num_classes}) and the ignore value "
+            f"{IGNORE_INDEX} (after encode_label)"
+        )
+    return label.astype(np.uint8, copy=False)
+
+
+def parse_item(item: int | tuple[int, int] | Sequence[int]) -> tuple[int, int | None]:
+    """Split a dataset key into ``(index, seed)``; a plain index has no seed."""
+    if isinstance(item, (tuple, list)):
+        if len(item) != 2:
+            raise TypeError(f"dataset key must be an index or an (index, seed) pair, got {item!r}")
+        return int(item[0]), int(item[1])
+    if isinstance(item, torch.Tensor):
+        return int(item.item()), None
+    return int(item), None
+
+
+def to_tensors(image: Any, label: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """Image as a ``[3,H,W]`` tensor (dtype kept) and label as a long ``[H,W]`` tensor."""
+    if not isinstance(image, torch.Tensor):
+        image = torch.from_numpy(np.ascontiguousarray(np.asarray(image).transpose(2, 0, 1)))
+    if not isinstance(label, torch.Tensor):
+        label = torch.from_numpy(np.ascontiguousarray(label))
+    return image, label.long()
+
+
+class SegmentationDataset(Dataset):
+    """A list of (image, label) files with a label encoding, returning seeded-augmentation samples.
+
+    Subclasses set ``CLASSES`` and ``PALETTE``, implement :meth:`list_samples` and, when raw label values
+    are not already training ids, :meth:`encode_label`.
+
+    Indexing with ``index`` or ``(index, seed)`` returns ``{"image", "label", "index"}``; with a seed the
+    transform is re-seeded with exactly ``seed`` first (the caller derives a per-sample seed, e.g. from
+    the epoch seed and the index). With a transform ending in ``ToTensorV2`` the image is the normalised
+    float tensor ``[3,H,W]``; without a transform it is the raw uint8 ``[3,H,W]`` tensor. The label is
+    always a long ``[H,W]`` tensor with void = :data:`IGNORE_INDEX`.
+    """
+
+    CLASSES: ClassVar[tuple[str, ...]] = ()
+    PALETTE: ClassVar[tuple[tuple[int, int, int], ...]] = ()
+
+    def __init__(self, root: str | Path, split: str = "train", transform: A.Compose | None = None) -> None:
+        self.root = Path(root).expanduser()
+        self.split = split
+        self.transform = transform
+        check_root(self.root, type(self).__name__)
+        self.samples: list[tuple[Path, Path]] = self.list_samples()
+        if not self.samples:
+            raise DatasetError(f"{type(self).__name__}: split {split!r} under {self.root} yields no samples")
+
+    @property
+    def num_classes(self) -> int:
+        """Number of training classes (labels are in ``[0, num_classes)`` or IGNORE_INDEX)."""
+        return len(self.CLASSES)
+
+    def list_samples(self) -> list[tuple[Path, Path]]:
+        """The ``(image path, label path)`` pairs of ``self.split`` under ``self.root``."""
+        raise NotImplementedError
+
+    def encode_label(self, label: np.ndarray) -> np.ndarray:
+        """Map raw label values to training ids (void -> IGNORE_INDEX); identity by default."""
+        return label
+
+    def load_sample(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Read, check and encode sample ``index``: ``(HxWx3 uint8 image, HxW uint8 label)``."""
+        image_path, label_path = self.samples[index]
+        image = load_image(image_path)
+        raw = load_label(label_path)
+        if image.shape[:2] != raw.shape[:2]:
+            raise DatasetError(
+                f"size mismatch: image {image_path} is {image.shape[1]}x{image.shape[0]} (WxH) but label "
+                f"{label_path} is {raw.shape[1]}x{raw.shape[0]}"
+            )
+        return image, check_label_values(self.encode_label(raw), self.num_classes, label_path)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, item: int | tuple[int, int]) -> dict[str, Any]:
+        index, seed = parse_item(item)
+        size = len(self)
+        if not -size <= index < size:
+            raise IndexError(f"index {index} out of range for {type(self).__name__} of length {size}")
+        index %= size
+        image, label = self.load_sample(index)
+        if self.transform is not None:
+            if seed is not None:
+                self.transform.set_random_seed(seed)
+            out = self.transform(image=image, mask=label)
+            image, label = out["image"], out["mask"]
+        image_t, label_t = to_tensors(image, label)
+        return {"image": image_t, "label": label_t, "index": index}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(split={self.split!r}, samples={len(self)}, classes={self.num_classes})"

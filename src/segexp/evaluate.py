@@ -1,0 +1,93 @@
+"""``segexp-eval ckpt=<file> [dataset=...]``: evaluate a checkpoint and write ``metrics.json``.
+
+The architecture is rebuilt from the resolved config stored in the checkpoint (so no model
+flags need repeating); the dataset, inference strategy, eval output stride and trainer come
+from the command line when given. The output has the same fields as a training run's.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from segexp.builders import build_datamodule, build_module, validate
+from segexp.config import CONF_DIR, ConfigError
+from segexp.run import (
+    build_loggers,
+    build_trainer,
+    finish_loggers,
+    metrics_payload,
+    output_dir_of,
+    write_json_atomic,
+)
+
+
+def load_checkpoint(path: str) -> dict[str, Any]:
+    """A Lightning checkpoint written by segexp-train, opened with ``weights_only=True``."""
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"ckpt={path}: no such checkpoint file")
+    checkpoint = torch.load(file, map_location="cpu", weights_only=True)
+    if "segexp" not in checkpoint or "state_dict" not in checkpoint:
+        raise ConfigError(f"ckpt={path} was not written by segexp-train (no 'segexp' config entry)")
+    return checkpoint
+
+
+def run_config(cfg: DictConfig, stored: dict[str, Any]) -> DictConfig:
+    """The training config from the checkpoint, with the eval command's choices applied."""
+    run = OmegaConf.create(stored)
+    if cfg.get("dataset") is not None:
+        run.dataset = cfg.dataset
+    run.data = OmegaConf.merge(run.get("data") or {}, cfg.get("data") or {})
+    if cfg.model.get("eval_output_stride") is not None:
+        run.model.eval_output_stride = cfg.model.eval_output_stride
+    run.backbone.pretrained = None  # the checkpoint holds the weights
+    for key in ("inference", "trainer", "logger", "output_dir", "seed"):
+        run[key] = cfg.get(key)
+    return run
+
+
+def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
+    checkpoint = load_checkpoint(str(cfg.ckpt))
+    run = run_config(cfg, checkpoint["segexp"]["config"])
+    validate(run)
+    output_dir = output_dir_of(run)
+    datamodule = build_datamodule(run)
+    trained_classes = checkpoint["segexp"]["class_names"]
+    if list(datamodule.class_names) != list(trained_classes):
+        raise ConfigError(
+            f"ckpt={cfg.ckpt} predicts {len(trained_classes)} classes {trained_classes[:4]}..., but the "
+            f"dataset {datamodule.dataset_class.__name__} has {datamodule.num_classes}"
+        )
+    module = build_module(run, datamodule)
+    module.load_state_dict(checkpoint["state_dict"])
+    loggers = build_loggers(run, output_dir)
+    failed = True
+    start = time.perf_counter()
+    try:
+        trainer = build_trainer(run, output_dir, loggers, callbacks=[])
+        trainer.validate(module, datamodule=datamodule, verbose=False)
+        failed = False
+    finally:
+        finish_loggers(loggers, failed)
+    metrics = metrics_payload(module, trainer, datamodule.batch_size, time.perf_counter() - start, output_dir)
+    metrics["steps"] = int(checkpoint.get("global_step", 0))
+    metrics["ckpt"] = str(Path(str(cfg.ckpt)).resolve())
+    write_json_atomic(output_dir / "metrics.json", metrics)
+    print(f"mIoU {metrics['mIoU']:.4f} | pixel acc {metrics['pixel_acc']:.4f} | mean acc {metrics['mean_acc']:.4f}")
+    print(f"metrics: {output_dir / 'metrics.json'}")
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="eval")
+def main(cfg: DictConfig) -> float:
+    return float(run_evaluation(cfg)["mIoU"])
+
+
+if __name__ == "__main__":
+    main()

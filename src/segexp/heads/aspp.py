@@ -1,0 +1,123 @@
+"""Atrous Spatial Pyramid Pooling head with image-level features (DeepLabv3, Chen et al., Sec. 3.3).
+
+What it computes, for a (B, in_channels, h, w) feature map:
+
+* parallel branches, each conv (no bias) + BN + ReLU with ``channels`` filters: one 1x1 conv, one 3x3
+  atrous conv per rate (``rates=(6, 12, 18)`` at output stride 16 in the paper; four rates in Table 5), and
+  optionally the image-level branch: global average pool -> 1x1 conv -> BN -> ReLU -> bilinear upsample to
+  h x w;
+* concat -> 1x1 conv to ``channels`` + BN + ReLU -> dropout -> 1x1 classifier conv (with bias) to
+  ``num_classes`` logits at h x w.
+
+Rates are given for ``rates_output_stride`` (16 in the paper) and scaled by ``set_output_stride``: "the rates
+are doubled when output_stride=8" (Sec. 3.3), i.e. dilation = rate * rates_output_stride / output_stride.
+
+Batch size 1: the image-level branch's BN sees one value per channel (a 1x1 map per sample). torch's
+BatchNorm cannot form batch statistics from it and raises; torchvision keeps this BN and requires batch >= 2
+in training (its ASPPPooling is pool -> conv -> BN -> ReLU -> upsample), and so does this head: in training
+mode with batch 1 and a trainable BN it raises a ValueError saying so. Mathematically the branch would be
+degenerate anyway (the normalised value is always 0, so the output is the constant ReLU(beta) and the
+branch's conv gets no gradient). Eval mode, a frozen BN (``freeze_batchnorm``, DeepLabv3's second stage),
+SyncBatchNorm across several processes, or ``image_pooling=False`` all work at batch 1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+DEFAULT_RATES = (6, 12, 18)
+
+
+def _conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int, dilation: int = 1) -> nn.Sequential:
+    padding = dilation * (kernel_size - 1) // 2
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, kernel_size, padding=padding, dilation=dilation, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    )
+
+
+class ImagePooling(nn.Module):
+    """Image-level features: global average pool -> 1x1 conv -> BN -> ReLU -> bilinear upsample."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size=1, bias=False)
+        self.bn: nn.Module = nn.BatchNorm2d(out_channels)
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        pooled = self.conv(self.pool(x))
+        if pooled.shape[0] == 1 and isinstance(self.bn, nn.BatchNorm2d) and self.bn.training:
+            raise ValueError(
+                "ASPPHead image-level branch: BatchNorm on the globally pooled 1x1 features has a single "
+                "value per channel at batch size 1 in training mode, so batch statistics are undefined. "
+                "Train with batch size >= 2 (the paper uses 16), freeze BN, or set image_pooling=False."
+            )
+        pooled = self.relu(self.bn(pooled))
+        return F.interpolate(pooled, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+class ASPPHead(nn.Module):
+    """DeepLabv3 ASPP head mapping (B, in_channels, h, w) to (B, num_classes, h, w) logits."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        channels: int = 256,
+        rates: Sequence[int] | None = DEFAULT_RATES,
+        image_pooling: bool = True,
+        rates_output_stride: int = 16,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.rates = tuple(int(r) for r in (DEFAULT_RATES if rates is None else rates))
+        if any(r < 1 for r in self.rates):
+            raise ValueError(f"ASPP rates must be positive integers, got {list(self.rates)}")
+        self.rates_output_stride = rates_output_stride
+        self.in_channels = in_channels
+        self.num_classes = num_classes
+        self.pointwise = _conv_bn_relu(in_channels, channels, kernel_size=1)
+        self.atrous = nn.ModuleList(_conv_bn_relu(in_channels, channels, 3, rate) for rate in self.rates)
+        self.image_pool = ImagePooling(in_channels, channels) if image_pooling else None
+        self.num_branches = 1 + len(self.rates) + int(image_pooling)
+        self.project = _conv_bn_relu(self.num_branches * channels, channels, kernel_size=1)
+        self.dropout: nn.Module = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
+        self.classifier = nn.Conv2d(channels, num_classes, kernel_size=1, bias=True)
+        self.output_stride = rates_output_stride
+        self.set_output_stride(rates_output_stride)
+
+    @property
+    def dilations(self) -> tuple[int, ...]:
+        """Current dilation of each atrous branch."""
+        return tuple(branch[0].dilation[0] for branch in self.atrous)
+
+    def set_output_stride(self, output_stride: int) -> None:
+        """Set each atrous branch to dilation rate * rates_output_stride / output_stride (padding alike)."""
+        dilations = []
+        for rate in self.rates:
+            scaled = rate * self.rates_output_stride
+            if scaled % output_stride or scaled < output_stride:
+                raise ValueError(
+                    f"ASPP rate {rate} (given for output stride {self.rates_output_stride}) is not a positive "
+                    f"integer dilation at output_stride={output_stride}"
+                )
+            dilations.append(scaled // output_stride)
+        for branch, dilation in zip(self.atrous, dilations):
+            conv: nn.Conv2d = branch[0]
+            conv.dilation = (dilation, dilation)
+            conv.padding = (dilation, dilation)
+        self.output_stride = output_stride
+
+    def forward(self, x: Tensor) -> Tensor:
+        branches = [self.pointwise(x)] + [branch(x) for branch in self.atrous]
+        if self.image_pool is not None:
+            branches.append(self.image_pool(x))
+        y = self.project(torch.cat(branches, dim=1))
+        return self.classifier(self.dropout(y))

@@ -1,0 +1,154 @@
+"""Shared run plumbing for segexp-train and segexp-eval: loggers, trainer, metrics.json."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from omegaconf import DictConfig, open_dict
+from pytorch_lightning.loggers import Logger, WandbLogger
+
+from segexp.config import REPO_ROOT
+
+
+def hydra_job_names() -> tuple[str | None, str | None]:
+    """(group, name) for dashboards: the sweep folder and the job's overrides in a multirun."""
+    if not HydraConfig.initialized():
+        return None, None
+    hc = HydraConfig.get()
+    if hc.mode == RunMode.MULTIRUN:
+        return Path(hc.sweep.dir).name, hc.job.override_dirname or f"job{hc.job.num}"
+    return None, Path(hc.runtime.output_dir).name
+
+
+def build_loggers(cfg: DictConfig, output_dir: Path) -> list[Logger]:
+    """The ``logger`` node (one logger, or null) with per-job group/name for wandb."""
+    node = cfg.get("logger")
+    if node is None:
+        return []
+    kwargs: dict[str, Any] = {}
+    if str(node.get("_target_", "")).endswith("WandbLogger"):
+        group, name = hydra_job_names()
+        kwargs = {"group": node.get("group") or group, "name": node.get("name") or name}
+        (output_dir / "wandb").mkdir(parents=True, exist_ok=True)
+    return [instantiate(node, **kwargs)]
+
+
+def finish_loggers(loggers: Sequence[Logger], failed: bool) -> None:
+    """Close each logger's run, marking wandb runs of crashed jobs as failed."""
+    for logger in loggers:
+        if isinstance(logger, WandbLogger):
+            import wandb
+
+            if wandb.run is not None:
+                wandb.finish(exit_code=1 if failed else 0)
+        else:
+            logger.finalize("failed" if failed else "success")
+
+
+def effective_sync_batchnorm(cfg: DictConfig) -> bool:
+    """SyncBN only where it can work: DDP over several CUDA devices; otherwise one warning."""
+    t = cfg.trainer
+    wanted = bool(t.get("sync_batchnorm", False))
+    if not wanted:
+        return False
+    accelerator = str(t.get("accelerator", "auto"))
+    on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    devices = t.get("devices", 1)
+    n_devices = torch.cuda.device_count() if devices in (-1, "auto") else _count_devices(devices)
+    if on_gpu and torch.cuda.is_available() and n_devices * int(t.get("num_nodes", 1)) > 1:
+        return True
+    warnings.warn(
+        "trainer.sync_batchnorm=true ignored: SyncBatchNorm needs DDP over several CUDA devices "
+        f"(accelerator={accelerator}, devices={devices}); using plain BatchNorm.",
+        stacklevel=2,
+    )
+    return False
+
+
+def _count_devices(devices: Any) -> int:
+    if isinstance(devices, (list, tuple)) or hasattr(devices, "__len__") and not isinstance(devices, str):
+        return len(devices)
+    if isinstance(devices, str):
+        return len([d for d in devices.split(",") if d.strip()])
+    return int(devices)
+
+
+def build_trainer(
+    cfg: DictConfig, output_dir: Path, loggers: list[Logger], callbacks: list[pl.Callback]
+) -> pl.Trainer:
+    return instantiate(
+        cfg.trainer,
+        default_root_dir=str(output_dir),
+        logger=loggers or False,
+        callbacks=callbacks,
+        sync_batchnorm=effective_sync_batchnorm(cfg),
+    )
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def protocol_facts(trainer: pl.Trainer, batch_size: int) -> dict[str, Any]:
+    """What the result depends on beyond the config: devices, effective batch, precision, commit."""
+    return {
+        "world_size": trainer.world_size,
+        "per_device_batch": batch_size,
+        "effective_batch": batch_size * trainer.world_size * trainer.accumulate_grad_batches,
+        "precision": str(trainer.precision),
+        "device": _device_name(trainer),
+        "git_commit": git_commit(),
+    }
+
+
+def metrics_payload(
+    module: Any, trainer: pl.Trainer, batch_size: int, wall_s: float, output_dir: Path
+) -> dict[str, Any]:
+    """The metrics.json contract: final metrics, model size, steps, time and protocol facts."""
+    return {
+        **module.last_metrics,
+        "num_params": sum(p.numel() for p in module.model.parameters()),
+        "steps": trainer.global_step,
+        "wall_s": round(wall_s, 2),
+        **protocol_facts(trainer, batch_size),
+        "run_dir": str(output_dir),
+    }
+
+
+def _device_name(trainer: pl.Trainer) -> str:
+    root = trainer.strategy.root_device
+    if root.type == "cuda":
+        return torch.cuda.get_device_name(root)
+    return root.type
+
+
+def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
+    """Write JSON through a temporary file so a crash never leaves a truncated file behind."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
+    os.replace(tmp, path)
+
+
+def output_dir_of(cfg: DictConfig) -> Path:
+    """``cfg.output_dir`` (the Hydra run dir by default), created if needed."""
+    with open_dict(cfg):
+        path = Path(str(cfg.output_dir)).resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    return path

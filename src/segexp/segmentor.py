@@ -1,0 +1,56 @@
+"""Encoder-decoder segmentor: backbone -> head (+ optional auxiliary head on layer3).
+
+The head's logits come out at 1/output_stride of the input. Following DeepLabv3 Sec. 4.1
+("Upsampling logits"), :meth:`Segmentor.forward` upsamples them bilinearly to the input size; the
+training loss decides whether to upsample logits to the labels (default) or to downsample labels
+to the logits (Table 8's ablation), so this module also exposes the raw low-resolution outputs.
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class Segmentor(nn.Module):
+    """Composes a backbone returning a dict of stage features with a head on its ``"out"`` entry."""
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        head: nn.Module,
+        aux_head: nn.Module | None = None,
+        align_corners: bool = False,
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.aux_head = aux_head
+        self.align_corners = align_corners
+
+    @property
+    def output_stride(self) -> int:
+        return int(self.backbone.output_stride)
+
+    def set_output_stride(self, output_stride: int) -> None:
+        """Re-configure the dilations of every part for another output stride (same weights)."""
+        for part in (self.backbone, self.head, self.aux_head):
+            if part is not None and hasattr(part, "set_output_stride"):
+                part.set_output_stride(output_stride)
+
+    def forward_raw(self, images: Tensor) -> dict[str, Tensor]:
+        """Low-resolution logits: ``{"out": ..., "aux": ...}`` (aux only when an aux head exists)."""
+        feats = self.backbone(images)
+        outputs = {"out": self.head(feats["out"])}
+        if self.aux_head is not None:
+            outputs["aux"] = self.aux_head(feats["layer3"])
+        return outputs
+
+    def upsample(self, logits: Tensor, size: tuple[int, int]) -> Tensor:
+        if tuple(logits.shape[-2:]) == tuple(size):
+            return logits
+        return F.interpolate(logits, size=size, mode="bilinear", align_corners=self.align_corners)
+
+    def forward(self, images: Tensor) -> Tensor:
+        """Main-head logits upsampled to the input's height and width."""
+        return self.upsample(self.forward_raw(images)["out"], tuple(images.shape[-2:]))
