@@ -43,7 +43,8 @@ def run_config(cfg: DictConfig, stored: dict[str, Any]) -> DictConfig:
     run = OmegaConf.create(stored)
     if cfg.get("dataset") is not None:
         run.dataset = cfg.dataset
-    run.data = OmegaConf.merge(run.get("data") or {}, cfg.get("data") or {})
+    given = {k: v for k, v in (cfg.get("data") or {}).items() if v is not None}
+    run.data = OmegaConf.merge(run.get("data") or {}, given)
     if cfg.model.get("eval_output_stride") is not None:
         run.model.eval_output_stride = cfg.model.eval_output_stride
     run.backbone.pretrained = None  # the checkpoint holds the weights

@@ -21,14 +21,12 @@ from pytorch_lightning.loggers import Logger, WandbLogger
 from segexp.config import REPO_ROOT
 
 
-def hydra_job_names() -> tuple[str | None, str | None]:
-    """(group, name) for dashboards: the sweep folder and the job's overrides in a multirun."""
-    if not HydraConfig.initialized():
-        return None, None
-    hc = HydraConfig.get()
-    if hc.mode == RunMode.MULTIRUN:
+def hydra_job_names(output_dir: Path) -> tuple[str | None, str]:
+    """(group, name) for dashboards: in a multirun the sweep folder and the job's overrides."""
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        hc = HydraConfig.get()
         return Path(hc.sweep.dir).name, hc.job.override_dirname or f"job{hc.job.num}"
-    return None, Path(hc.runtime.output_dir).name
+    return None, output_dir.name
 
 
 def build_loggers(cfg: DictConfig, output_dir: Path) -> list[Logger]:
@@ -38,7 +36,7 @@ def build_loggers(cfg: DictConfig, output_dir: Path) -> list[Logger]:
         return []
     kwargs: dict[str, Any] = {}
     if str(node.get("_target_", "")).endswith("WandbLogger"):
-        group, name = hydra_job_names()
+        group, name = hydra_job_names(output_dir)
         kwargs = {"group": node.get("group") or group, "name": node.get("name") or name}
         (output_dir / "wandb").mkdir(parents=True, exist_ok=True)
     return [instantiate(node, **kwargs)]

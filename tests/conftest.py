@@ -1,0 +1,40 @@
+"""Shared fixtures: config composition for tests and a fast synthetic run config."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pytest
+from omegaconf import DictConfig
+
+from segexp.info import compose_config
+
+CAMVID_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "camvid"
+
+# A tiny but complete run: real model code, a handful of steps on small synthetic crops.
+FAST_RUN = [
+    "experiment=synthetic",
+    "logger=csv",
+    "dataset.num_images=24",
+    "dataset.image_size=64",
+    "data.crop_size=[64,64]",
+    "data.batch_size=4",
+    "data.val_batch_size=8",
+    "data.num_workers=0",
+    "head.channels=16",
+    "trainer.max_steps=6",
+    "trainer.val_check_interval=3",
+    "trainer.enable_progress_bar=false",
+]
+
+
+@pytest.fixture
+def make_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
+    """Compose conf/train.yaml with FAST_RUN + ``overrides``, writing into a fresh tmp folder."""
+
+    def make(*overrides: str, base: Sequence[str] = FAST_RUN, config_name: str = "train") -> DictConfig:
+        out = tmp_path / f"run{len(list(tmp_path.iterdir()))}"
+        return compose_config([*base, f"output_dir={out}", *overrides], config_name=config_name)
+
+    return make
