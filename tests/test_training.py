@@ -94,6 +94,8 @@ def test_non_finite_loss_stops_with_step_number(make_cfg) -> None:
     with pytest.raises(NonFiniteLossError, match=r"at step \d+"):
         run_training(cfg)
     assert not (Path(cfg.output_dir) / "metrics.json").exists()
+    error = json.loads((Path(cfg.output_dir) / "error.json").read_text())
+    assert error["error"].startswith("NonFiniteLossError") and error["step"] >= 0
 
 
 def test_sync_batchnorm_on_cpu_is_reverted_with_one_warning(make_cfg) -> None:

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import time
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -68,12 +69,20 @@ def run_training(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) -
         callbacks.append(LearningRateMonitor(logging_interval="step"))
     failed = True
     start = time.perf_counter()
+    (output_dir / "error.json").unlink(missing_ok=True)
     try:
         trainer = build_trainer(cfg, output_dir, loggers, callbacks)
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
         if module.last_val_step != trainer.global_step and not trainer.interrupted:
             trainer.validate(module, datamodule=datamodule, verbose=False)
         failed = trainer.interrupted
+    except BaseException as err:
+        write_json_atomic(output_dir / "error.json", {
+            "error": f"{type(err).__name__}: {err}",
+            "step": module.global_step if module._trainer is not None else 0,
+            "traceback": traceback.format_exc(),
+        })
+        raise
     finally:
         finish_loggers(loggers, failed)
     metrics = metrics_payload(module, trainer, datamodule.batch_size, time.perf_counter() - start, output_dir)
