@@ -9,13 +9,16 @@ are passed here, not repeated in YAML.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from segexp.config import validate_config
+from segexp.backbones.frozen_bn import freeze_batchnorm
+from segexp.config import ConfigError, validate_config
 from segexp.datamodule import SegmentationDataModule
 from segexp.heads.fcn import FCNHead
 from segexp.module import SegmentationModule
@@ -33,6 +36,8 @@ class ModelOptions:
     bn_momentum: float | None = None
     downsample_labels: bool = False
     eval_output_stride: int | None = None
+    init_from: str | None = None
+    freeze_bn: bool = False
 
 
 def validate(cfg: DictConfig) -> None:
@@ -61,9 +66,69 @@ def build_segmentor(cfg: DictConfig, num_classes: int) -> Segmentor:
             backbone.aux_channels, num_classes, channels=options.aux_channels, dropout=options.aux_dropout
         )
     model = Segmentor(backbone, head, aux_head, align_corners=options.align_corners)
+    if options.init_from is not None:
+        load_model_weights(model, options.init_from)
+    if options.freeze_bn:
+        freeze_batchnorm(model)
     if options.bn_momentum is not None:
         set_bn_momentum(model, options.bn_momentum)
     return model
+
+
+def load_model_weights(model: Segmentor, path: str) -> None:
+    """Initialise ``model`` from a segexp-train checkpoint's weights (``model.init_from``), strictly.
+
+    DeepLabv3 Sec. 4.3 ("Test set result"): the second training stage starts from the first stage's
+    weights only -- the optimizer state, step counter and LR schedule start afresh. Every parameter and
+    buffer of the Lightning module's ``model.`` entries must match ``model`` by name and shape.
+    """
+    weights = checkpoint_model_weights(path)
+    own = model.state_dict()
+    problems = state_dict_mismatches(own, weights)
+    if problems:
+        raise ConfigError(f"model.init_from={path}: the checkpoint's weights do not fit this model: {problems}")
+    model.load_state_dict(weights, strict=True)
+
+
+def checkpoint_model_weights(path: str) -> dict[str, torch.Tensor]:
+    """The ``model.*`` entries (prefix removed) of a Lightning checkpoint, read with ``weights_only=True``."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise ConfigError(f"model.init_from={path}: no such checkpoint file")
+    try:
+        checkpoint = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types for corrupt or foreign files
+        raise ConfigError(f"model.init_from={path}: cannot read the checkpoint: {err}") from err
+    state = checkpoint.get("state_dict") if isinstance(checkpoint, dict) else None
+    if not isinstance(state, dict):
+        raise ConfigError(f"model.init_from={path}: not a Lightning checkpoint (no 'state_dict' entry)")
+    weights = {key.removeprefix("model."): value for key, value in state.items() if key.startswith("model.")}
+    if not weights:
+        raise ConfigError(f"model.init_from={path}: the checkpoint's state_dict has no 'model.*' entries")
+    return weights
+
+
+def state_dict_mismatches(own: dict[str, torch.Tensor], loaded: dict[str, torch.Tensor]) -> str:
+    """Human-readable missing / unexpected / wrongly shaped keys ('' when ``loaded`` fits ``own``).
+
+    BN's ``num_batches_tracked`` counter is ignored (a frozen-BN checkpoint has none).
+    """
+    def relevant(keys: set[str]) -> list[str]:
+        return sorted(k for k in keys if not k.endswith("num_batches_tracked"))
+
+    missing = relevant(set(own) - set(loaded))
+    unexpected = relevant(set(loaded) - set(own))
+    shapes = [
+        f"{k}: checkpoint {tuple(loaded[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in sorted(set(own) & set(loaded))
+        if own[k].shape != loaded[k].shape
+    ]
+    parts = []
+    for title, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes)):
+        if items:
+            shown = ", ".join(items[:8]) + (f", ... ({len(items)} in all)" if len(items) > 8 else "")
+            parts.append(f"{title}: {shown}")
+    return "; ".join(parts)
 
 
 def set_bn_momentum(model: nn.Module, momentum: float) -> None:

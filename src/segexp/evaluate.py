@@ -1,8 +1,11 @@
-"""``segexp-eval ckpt=<file> [dataset=...]``: evaluate a checkpoint and write ``metrics.json``.
+"""``segexp-eval ckpt=<file> [dataset=...] [save_predictions=true]``: evaluate a checkpoint, write ``metrics.json``.
 
 The architecture is rebuilt from the resolved config stored in the checkpoint (so no model
 flags need repeating); the dataset, inference strategy, eval output stride and trainer come
 from the command line when given. The output has the same fields as a training run's.
+With ``save_predictions=true`` every evaluated image's prediction is also written to
+``<run dir>/predictions/`` in the evaluation server's format (DeepLabv3 Tables 7 and 13;
+see :mod:`segexp.submission`).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from segexp.builders import build_datamodule, build_module, validate
+from segexp.callbacks import SavePredictions
 from segexp.config import CONF_DIR, ConfigError
 from segexp.run import (
     build_loggers,
@@ -48,6 +52,7 @@ def run_config(cfg: DictConfig, stored: dict[str, Any]) -> DictConfig:
     if cfg.model.get("eval_output_stride") is not None:
         run.model.eval_output_stride = cfg.model.eval_output_stride
     run.backbone.pretrained = None  # the checkpoint holds the weights
+    run.model.init_from = None
     for key in ("inference", "trainer", "logger", "output_dir", "seed"):
         run[key] = cfg.get(key)
     return run
@@ -68,10 +73,11 @@ def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
     module = build_module(run, datamodule)
     module.load_state_dict(checkpoint["state_dict"])
     loggers = build_loggers(run, output_dir)
+    saver = SavePredictions(output_dir / "predictions") if cfg.get("save_predictions") else None
     failed = True
     start = time.perf_counter()
     try:
-        trainer = build_trainer(run, output_dir, loggers, callbacks=[])
+        trainer = build_trainer(run, output_dir, loggers, callbacks=[saver] if saver else [])
         trainer.validate(module, datamodule=datamodule, verbose=False)
         failed = False
     finally:
@@ -79,7 +85,11 @@ def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
     metrics = metrics_payload(module, trainer, datamodule.batch_size, time.perf_counter() - start, output_dir)
     metrics["steps"] = int(checkpoint.get("global_step", 0))
     metrics["ckpt"] = str(Path(str(cfg.ckpt)).resolve())
+    if saver is not None:
+        metrics["predictions_dir"] = str(saver.out_dir)
     write_json_atomic(output_dir / "metrics.json", metrics)
+    if saver is not None:
+        print(f"wrote {saver.written} prediction PNGs to {saver.out_dir}")
     print(f"mIoU {metrics['mIoU']:.4f} | pixel acc {metrics['pixel_acc']:.4f} | mean acc {metrics['mean_acc']:.4f}")
     print(f"metrics: {output_dir / 'metrics.json'}")
     return metrics

@@ -158,7 +158,8 @@ class SegmentationDataset(Dataset):
     """A list of (image, label) files with a label encoding, returning seeded-augmentation samples.
 
     Subclasses set ``CLASSES`` and ``PALETTE``, implement :meth:`list_samples` and, when raw label values
-    are not already training ids, :meth:`encode_label`.
+    are not already training ids, :meth:`encode_label`. A split published without annotations (a test-server
+    split) lists ``None`` as its label paths; its labels are all IGNORE_INDEX.
 
     Indexing with ``index`` or ``(index, seed)`` returns ``{"image", "label", "index"}``; with a seed the
     transform is re-seeded with exactly ``seed`` first (the caller derives a per-sample seed, e.g. from
@@ -175,7 +176,7 @@ class SegmentationDataset(Dataset):
         self.split = split
         self.transform = transform
         check_root(self.root, type(self).__name__)
-        self.samples: list[tuple[Path, Path]] = self.list_samples()
+        self.samples: list[tuple[Path, Path | None]] = self.list_samples()
         if not self.samples:
             raise DatasetError(f"{type(self).__name__}: split {split!r} under {self.root} yields no samples")
 
@@ -184,8 +185,8 @@ class SegmentationDataset(Dataset):
         """Number of training classes (labels are in ``[0, num_classes)`` or IGNORE_INDEX)."""
         return len(self.CLASSES)
 
-    def list_samples(self) -> list[tuple[Path, Path]]:
-        """The ``(image path, label path)`` pairs of ``self.split`` under ``self.root``."""
+    def list_samples(self) -> list[tuple[Path, Path | None]]:
+        """The ``(image path, label path or None)`` pairs of ``self.split`` under ``self.root``."""
         raise NotImplementedError
 
     def encode_label(self, label: np.ndarray) -> np.ndarray:
@@ -196,6 +197,8 @@ class SegmentationDataset(Dataset):
         """Read, check and encode sample ``index``: ``(HxWx3 uint8 image, HxW uint8 label)``."""
         image_path, label_path = self.samples[index]
         image = load_image(image_path)
+        if label_path is None:  # unannotated (test-server) split
+            return image, np.full(image.shape[:2], IGNORE_INDEX, dtype=np.uint8)
         raw = load_label(label_path)
         if image.shape[:2] != raw.shape[:2]:
             raise DatasetError(

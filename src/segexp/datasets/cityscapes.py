@@ -81,8 +81,7 @@ class Cityscapes(SegmentationDataset):
             raise DatasetError(f"Cityscapes: no */*_leftImg8bit.png images for split {self.split!r} in {image_dir}")
         suffix = f"_{label_folder}_labelIds.png"
         return [
-            (image, label_dir / image.parent.name / image.name.replace("_leftImg8bit.png", suffix))
-            for image in images
+            (image, label_dir / image.parent.name / image.name.replace("_leftImg8bit.png", suffix)) for image in images
         ]
 
     def encode_label(self, label: np.ndarray) -> np.ndarray:

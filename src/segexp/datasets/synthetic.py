@@ -1,7 +1,7 @@
 """Procedural textured-shapes scenes: a file-free dataset for CPU smoke runs and tests.
 
 Each image is a pure function of ``(seed, split, index)``: a dim, low-saturation textured background
-(class 0) with 3 to 7 objects (disc, box, triangle, ring, stripe), 8 to 60 px across at 128 px and scaled
+(class 0) with 4 to 8 objects (disc, box, triangle, ring, stripe), 8 to 60 px across at 128 px and scaled
 with ``image_size``, placed anywhere and possibly overlapping (later objects occlude earlier ones).
 Every object class has its own saturated hue band and its own surface texture, with per-image jitter of
 hue, saturation, brightness, texture period, orientation and phase, so pixels can be classified from
@@ -60,7 +60,7 @@ def _box(rng: np.random.Generator, grid: Grid, cy: float, cx: float, extent: flo
 
 def _triangle(rng: np.random.Generator, grid: Grid, cy: float, cx: float, extent: float) -> np.ndarray:
     angles = rng.uniform(0, 2 * np.pi) + np.array([0.0, 2.1, 4.2]) + rng.uniform(-0.3, 0.3, 3)
-    radius = extent / 2
+    radius = 0.6 * extent
     ys, xs = cy + radius * np.sin(angles), cx + radius * np.cos(angles)
     signs = []
     for i in range(3):
@@ -70,15 +70,15 @@ def _triangle(rng: np.random.Generator, grid: Grid, cy: float, cx: float, extent
 
 
 def _ring(rng: np.random.Generator, grid: Grid, cy: float, cx: float, extent: float) -> np.ndarray:
-    outer = max(extent, 14.0) / 2
-    inner = outer * rng.uniform(0.4, 0.65)
+    outer = max(extent, 16.0) / 2
+    inner = outer * rng.uniform(0.35, 0.55)
     dist2 = (grid[0] - cy) ** 2 + (grid[1] - cx) ** 2
     return (dist2 <= outer**2) & (dist2 >= inner**2)
 
 
 def _stripe(rng: np.random.Generator, grid: Grid, cy: float, cx: float, extent: float) -> np.ndarray:
     v, u = _rotated(grid, cy, cx, rng.uniform(0, np.pi))
-    half_t = max(extent * rng.uniform(0.12, 0.25), 3.0) / 2
+    half_t = max(extent * rng.uniform(0.25, 0.4), 5.0) / 2
     return (np.abs(u) <= extent / 2) & (np.abs(v) <= half_t)
 
 
@@ -127,6 +127,14 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     return colour[None, None, :] * shade[:, :, None]
 
 
+def _window(cy: float, cx: float, extent: float, size: int) -> tuple[slice, slice]:
+    """The square of pixels that can hold an object of ``extent`` centred at ``(cy, cx)``."""
+    reach = 0.75 * max(extent, 16.0) + 1.0
+    y0, y1 = max(int(cy - reach), 0), min(int(cy + reach) + 1, size)
+    x0, x1 = max(int(cx - reach), 0), min(int(cx + reach) + 1, size)
+    return slice(y0, y1), slice(x0, x1)
+
+
 def generate_scene(seed: int, split: str, index: int, size: int = _BASE_SIZE) -> tuple[np.ndarray, np.ndarray]:
     """The ``(HxWx3 uint8 image, HxW uint8 label)`` scene number ``index`` of ``split`` for ``seed``."""
     rng = np.random.default_rng([seed, zlib.crc32(split.encode()), index])
@@ -134,16 +142,18 @@ def generate_scene(seed: int, split: str, index: int, size: int = _BASE_SIZE) ->
     image = _background(rng, size)
     label = np.zeros((size, size), dtype=np.uint8)
     scale = size / _BASE_SIZE
-    for _ in range(int(rng.integers(3, 8))):
+    for _ in range(int(rng.integers(4, 9))):
         cls = int(rng.integers(1, len(_SHAPES) + 1))
         extent = rng.uniform(*_SIZE_RANGE) * scale
         cy, cx = rng.uniform(0, size, 2)
-        mask = _SHAPES[cls - 1](rng, grid, cy, cx, extent)
+        window = _window(cy, cx, extent, size)
+        local = (grid[0][window], grid[1][window])
+        mask = _SHAPES[cls - 1](rng, local, cy, cx, extent)
         hue = _HUE_CENTRES[cls - 1] + rng.uniform(-_HUE_JITTER, _HUE_JITTER)
         colour = _hsv(hue, rng.uniform(0.65, 1.0), rng.uniform(0.65, 1.0))
-        shade = 1.0 + rng.uniform(0.15, 0.25) * _TEXTURES[cls - 1](rng, grid)[mask]
-        image[mask] = colour[None, :] * shade[:, None]
-        label[mask] = cls
+        shade = 1.0 + rng.uniform(0.15, 0.25) * _TEXTURES[cls - 1](rng, local)
+        image[window][mask] = colour[None, :] * shade[mask][:, None]
+        label[window][mask] = cls
     image = np.clip(image * 255.0 + 0.5, 0, 255).astype(np.uint8)
     return image, label
 

@@ -118,8 +118,6 @@ def build_train_transform(
     return A.Compose(steps)
 
 
-def build_eval_transform(
-    mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
-) -> A.Compose:
+def build_eval_transform(mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> A.Compose:
     """Normalise (mean/std in 0-1 units) and convert to tensors, keeping the full resolution."""
     return A.Compose([A.Normalize(mean=tuple(mean), std=tuple(std), max_pixel_value=255.0), ToTensorV2()])

@@ -4,6 +4,9 @@
 object border, ignored) with the ``ImageSets/Segmentation`` splits. ``VOCAug`` reads the single-channel
 index PNGs of ``SegmentationClassAug`` written by :mod:`segexp.datasets.sbd`, with the
 ``ImageSets/SegmentationAug/{train_aug,val}.txt`` splits. ``root`` is the ``VOC2012`` folder for both.
+``VOC(split="test")`` lists the test-server images (``VOC2012test.tar`` unpacked into the same folder:
+``ImageSets/Segmentation/test.txt`` + ``JPEGImages``), which have no labels: for
+``segexp-eval ... save_predictions=true`` (DeepLabv3 Table 7).
 """
 
 from __future__ import annotations
@@ -41,22 +44,24 @@ VOC_PALETTE: tuple[tuple[int, int, int], ...] = voc_colormap(len(VOC_CLASSES))
 def _id_samples(root: Path, split_file: Path, label_dir: str) -> list[tuple[Path, Path]]:
     """One ``(JPEGImages/<id>.jpg, <label_dir>/<id>.png)`` pair per id listed in ``split_file``."""
     return [
-        (root / "JPEGImages" / f"{name}.jpg", root / label_dir / f"{name}.png")
-        for name in read_split_file(split_file)
+        (root / "JPEGImages" / f"{name}.jpg", root / label_dir / f"{name}.png") for name in read_split_file(split_file)
     ]
 
 
 class VOC(SegmentationDataset):
-    """VOC 2012 with the official ``SegmentationClass`` labels; splits train, val, trainval."""
+    """VOC 2012 with the official ``SegmentationClass`` labels; splits train, val, trainval, test (unlabelled)."""
 
-    SPLITS: ClassVar[tuple[str, ...]] = ("train", "val", "trainval")
+    SPLITS: ClassVar[tuple[str, ...]] = ("train", "val", "trainval", "test")
     CLASSES: ClassVar[tuple[str, ...]] = VOC_CLASSES
     PALETTE: ClassVar[tuple[tuple[int, int, int], ...]] = VOC_PALETTE
 
-    def list_samples(self) -> list[tuple[Path, Path]]:
+    def list_samples(self) -> list[tuple[Path, Path | None]]:
         check_split(self.split, self.SPLITS, "VOC")
         split_file = self.root / "ImageSets" / "Segmentation" / f"{self.split}.txt"
-        return _id_samples(self.root, split_file, "SegmentationClass")
+        samples = _id_samples(self.root, split_file, "SegmentationClass")
+        if self.split == "test":  # the test server's images come without labels
+            return [(image, None) for image, _ in samples]
+        return samples
 
 
 class VOCAug(SegmentationDataset):
