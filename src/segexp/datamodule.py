@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import cv2
 import pytorch_lightning as pl
 import torch
 import torch.distributed as dist
@@ -264,12 +265,19 @@ class SegmentationDataModule(pl.LightningDataModule):
             "persistent_workers": self.num_workers > 0,
             # A private generator keeps loader start-up from consuming the global torch RNG.
             "generator": torch.Generator().manual_seed(self.seed),
+            "worker_init_fn": single_threaded_worker,
         }
 
     def _batches_done(self) -> int:
         if self.trainer is None:
             return 0
         return self.trainer.fit_loop.epoch_loop.batch_progress.current.ready
+
+
+def single_threaded_worker(worker_id: int) -> None:
+    """Keep OpenCV in loader workers to one thread: N workers x all-core OpenCV pools oversubscribe
+    the CPU that the training step needs (augmentation randomness comes from the sampler's seeds)."""
+    cv2.setNumThreads(1)
 
 
 def _world() -> tuple[int, int]:
