@@ -17,7 +17,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.segexp-installed
 TORCH_SOURCE := $(if $(TORCH_INDEX_URL),--extra-index-url $(TORCH_INDEX_URL),)
 
-.PHONY: install train test test-slow bench lint clean
+.PHONY: install train test test-slow bench lint clean table tables tables-list
 
 install: $(STAMP)
 
@@ -45,3 +45,22 @@ lint: $(STAMP)
 
 clean:
 	rm -rf outputs multirun .pytest_cache .ruff_cache
+
+# Paper tables: `make table T=deeplabv3.t5 PROFILE=smoke`, `make deeplabv3.t5`, `make tables PROFILE=smoke`.
+TABLE_IDS := $(shell ls experiments/*/t*.yaml 2>/dev/null | sed -E 's|experiments/([^/]+)/(t[0-9]+)\.yaml|\1.\2|')
+.PHONY: $(TABLE_IDS)
+
+table: $(STAMP)
+	@test -n "$(T)" || { echo "usage: make table T=<table id> [PROFILE=smoke|proxy|full]"; exit 2; }
+	$(BIN)/segexp-table run $(T) --profile $(PROFILE) $(ARGS); status=$$?; \
+	$(BIN)/segexp-table report $(T) --profile $(PROFILE) && exit $$status
+
+tables: $(STAMP)
+	$(BIN)/segexp-table run all --profile $(PROFILE) $(ARGS); status=$$?; \
+	$(BIN)/segexp-table report all --profile $(PROFILE) && exit $$status
+
+tables-list: $(STAMP)
+	$(BIN)/segexp-table list
+
+$(TABLE_IDS):
+	$(MAKE) table T=$@ PROFILE=$(PROFILE)

@@ -57,8 +57,12 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
 
 def run_training(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) -> dict[str, Any]:
     """Train one configuration and return (and write) its final validation metrics."""
-    validate(cfg)
     output_dir = output_dir_of(cfg)
+    try:
+        validate(cfg)
+    except Exception as err:  # a table runner reads why a multirun job failed from error.json
+        write_json_atomic(output_dir / "error.json", {"error": f"{type(err).__name__}: {err}", "step": 0})
+        raise
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     datamodule = build_datamodule(cfg)

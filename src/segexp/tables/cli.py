@@ -1,0 +1,116 @@
+"""``segexp-table``: list the paper tables, run one (or every ready one) under a profile, write its report.
+
+    segexp-table list
+    segexp-table run deeplabv3.t5 --profile smoke [--rows mg111,mg124] [--seeds 3] [--dry-run]
+    segexp-table run deeplabv3.t5 --profile full --launcher submitit_slurm -- hydra.launcher.partition=gpu
+    segexp-table report deeplabv3.t5 --profile smoke      # experiments/results/deeplabv3.t5.smoke.{md,csv,png}
+    segexp-table run all --profile smoke                  # every ready table (then `report all`)
+
+Overrides after ``--`` apply to every training row (``hydra.*`` ones go to the Hydra command line).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from segexp.tables.report import write_report
+from segexp.tables.spec import SpecError, TableSpec, display_path, load_all, load_profile, load_table, profile_names
+from segexp.tables.store import profile_dir, rows_with_results
+
+if TYPE_CHECKING:  # the runner imports torch and Lightning: only `run` needs it
+    from segexp.tables.runner import RunResult
+
+ALL = "all"
+DEFAULT_PROFILE = "smoke"
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="segexp-table", description=__doc__.split("\n\n")[0].strip("`: "))
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="every table with its status and how many rows have results per profile")
+    run = sub.add_parser("run", help="run a table's missing rows as one Hydra multirun")
+    run.add_argument("table", help=f"table id (e.g. deeplabv3.t5), or '{ALL}' for every ready table")
+    run.add_argument("--profile", default=DEFAULT_PROFILE)
+    run.add_argument("--rows", help="comma-separated row names (default: all rows)")
+    run.add_argument("--seeds", type=int, default=1, help="repeat each row with seeds 0..N-1")
+    run.add_argument("--launcher", help="Hydra launcher plugin (hydra/launcher=NAME), e.g. submitit_slurm")
+    run.add_argument("--dry-run", action="store_true", help="print what would run, write nothing")
+    run.add_argument("--quiet", action="store_true", help="do not echo the training output")
+    report = sub.add_parser("report", help="write experiments/results/<id>.<profile>.{md,csv,png}")
+    report.add_argument("table", help=f"table id, or '{ALL}' for every ready table")
+    report.add_argument("--profile", default=DEFAULT_PROFILE)
+    return p
+
+
+def tables_for(name: str) -> list[TableSpec]:
+    return [s for s in load_all() if s.ready] if name == ALL else [load_table(name)]
+
+
+def command_list() -> int:
+    profiles = profile_names()
+    print(f"{'table':<16} {'status':<8} {'rows':>4}  " + "  ".join(f"{p:>6}" for p in profiles) + "  title")
+    for spec in load_all():
+        counts = [f"{rows_with_results(profile_dir(spec.id, p), spec.row_names())}/{len(spec.rows)}" for p in profiles]
+        print(f"{spec.id:<16} {spec.status:<8} {len(spec.rows):>4}  " + "  ".join(f"{c:>6}" for c in counts)
+              + f"  {spec.title}")
+    return 0
+
+
+def print_result(result: RunResult, seconds: float) -> None:
+    print(f"\n{result.table} [{result.profile}]: ran {len(result.ran)}, skipped {len(result.skipped)} (already done), "
+          f"failed {len(result.failed)}, not run {len(result.not_run)}, in {seconds:.0f}s")
+    for label, error in result.failed.items():
+        print(f"  FAILED {label}: {error}")
+    for row, note in result.not_run.items():
+        print(f"  not run {row}: {note}")
+
+
+def command_run(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    from segexp.tables.runner import run_table
+
+    profile = load_profile(args.profile)
+    rows = [r for r in args.rows.split(",") if r] if args.rows else None
+    failed = 0
+    for spec in tables_for(args.table):
+        start = time.perf_counter()
+        result = run_table(spec, profile, seeds=args.seeds, rows=rows, launcher=args.launcher, extra=extra,
+                           dry_run=args.dry_run, quiet=args.quiet)
+        if not args.dry_run:
+            print_result(result, time.perf_counter() - start)
+        failed += not result.ok
+    return 1 if failed else 0
+
+
+def command_report(args: argparse.Namespace) -> int:
+    profile = load_profile(args.profile)
+    for spec in tables_for(args.table):
+        paths = write_report(spec, profile)
+        print(f"{spec.id} [{profile.name}]: " + ", ".join(display_path(p) for p in paths.values()))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    extra = args_list[args_list.index("--") + 1:] if "--" in args_list else []
+    args = parser().parse_args(args_list[: args_list.index("--")] if "--" in args_list else args_list)
+    try:
+        if args.command == "list":
+            return command_list()
+        if args.command == "run":
+            return command_run(args, extra)
+        return command_report(args)
+    except SpecError as err:
+        print(f"segexp-table: {err}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # `segexp-table list | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,241 @@
+"""What a table run does per row and seed: the final overrides (base + row, then the profile, later wins),
+the composed config and its hash, the stable run folder, protocol-guard warnings, and whether the row
+needs a process of its own (several GPUs) instead of a slot in the Hydra multirun.
+
+Override merging: overrides are keyed by the part before ``=`` without ``+``/``++``/``~``; a later
+override replaces an earlier one of the same key. When the two spell the key differently (``+k`` vs
+``k``) the merged one is written ``++k`` (add or replace), which works whichever existed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import DictConfig, OmegaConf
+
+from segexp.config import CONF_DIR
+from segexp.info import compose_config
+from segexp.tables.spec import Profile, Protocol, Row, TableSpec, override_key
+from segexp.tables.store import TABLE_ROW_FILE
+
+TRAIN, EVAL = "train", "eval"
+BASIC_LAUNCHER = "basic"
+HASH_OUTPUT_DIR = "/segexp-table-row"
+"""output_dir used when composing for the hash, so the hash does not depend on where outputs live."""
+HASH_EXCLUDED = ("output_dir", "logger", "ckpt_path", "ckpt")
+"""Keys that do not change a row's result (where it is written, how it is logged, resume/ckpt paths)."""
+
+
+def _prefix(override: str) -> str:
+    return override[: len(override) - len(override.lstrip("+~"))]
+
+
+def merge_overrides(*lists: Iterable[str]) -> list[str]:
+    """Concatenate override lists; a later override of the same key replaces the earlier one."""
+    merged: dict[str, str] = {}
+    for overrides in lists:
+        for override in overrides:
+            key = override_key(override)
+            previous = merged.pop(key, None)
+            if previous is not None and not override.startswith("~") and _prefix(previous) != _prefix(override):
+                override = "++" + override.lstrip("+")
+            merged[key] = override
+    return list(merged.values())
+
+
+def _covers(prefix: str, key: str) -> bool:
+    return key == prefix or key.startswith(prefix + ".")
+
+
+def drop_overrides(overrides: Sequence[str], prefixes: Sequence[str]) -> list[str]:
+    """Remove overrides of ``prefixes`` (a group, a node and everything under it)."""
+    return [o for o in overrides if not any(_covers(p, override_key(o)) for p in prefixes)]
+
+
+def split_hydra(overrides: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(config overrides, ``hydra.*``/``hydra/...`` overrides that belong on the command line)."""
+    hydra = [o for o in overrides if override_key(o).startswith(("hydra.", "hydra/"))]
+    return [o for o in overrides if o not in hydra], hydra
+
+
+def train_overrides(spec: TableSpec, row: Row, profile: Profile, extra: Sequence[str] = ()) -> list[str]:
+    """base + row, minus what the profile drops, then the profile's overrides, then ``extra``."""
+    kept = drop_overrides(merge_overrides(spec.base, row.overrides), profile.drop)
+    return merge_overrides(kept, profile.overrides, extra)
+
+
+def eval_overrides(row: Row, profile: Profile, ckpt: Path) -> list[str]:
+    """segexp-eval overrides of an eval-only row: its own, then the profile's loader/trainer settings."""
+    return merge_overrides([f"ckpt={ckpt}"], row.eval_overrides, profile.eval_overrides)
+
+
+def replaced_by_profile(row: Row, profile: Profile) -> list[str]:
+    """The row's own settings that the profile drops or replaces (the row may then equal another)."""
+    notes = []
+    replacing = {override_key(o): o for o in profile.overrides}
+    for override in row.overrides:
+        key = override_key(override)
+        if key in replacing:
+            notes.append(f"profile {profile.name} replaces {override} by {replacing[key]}")
+        elif any(_covers(p, key) for p in profile.drop):
+            notes.append(f"profile {profile.name} drops {override}")
+    return notes
+
+
+def compose(overrides: Sequence[str], seed: int, config_name: str = "train") -> DictConfig:
+    """The config segexp-train (or segexp-eval) would run for these overrides and seed."""
+    return compose_config([*overrides, f"seed={seed}", f"output_dir={HASH_OUTPUT_DIR}"], config_name)
+
+
+def config_hash(cfg: DictConfig, *extra: Any) -> str:
+    """sha256 of the resolved config minus :data:`HASH_EXCLUDED` (plus ``extra`` facts), 16 hex digits."""
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    for key in HASH_EXCLUDED:
+        plain.pop(key, None)
+    text = json.dumps([plain, *extra], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _device_count(devices: Any) -> int | None:
+    """Devices a trainer setting asks for; None when only known at run time (-1/auto with no CUDA here)."""
+    if isinstance(devices, (list, tuple)) or OmegaConf.is_list(devices):
+        return len(devices)
+    text = str(devices).strip()
+    if text in ("-1", "auto"):
+        import torch
+
+        return torch.cuda.device_count() or None
+    if "," in text:
+        return len([d for d in text.split(",") if d.strip()])
+    return int(text)
+
+
+def world_size(cfg: DictConfig) -> int | None:
+    devices = _device_count(cfg.trainer.get("devices", 1))
+    return None if devices is None else devices * int(cfg.trainer.get("num_nodes", 1))
+
+
+def effective_batch(cfg: DictConfig) -> int | None:
+    """data.batch_size x devices x num_nodes x accumulate_grad_batches (None if devices are unknown)."""
+    world = world_size(cfg)
+    if world is None:
+        return None
+    return int(cfg.data.batch_size) * world * int(cfg.trainer.get("accumulate_grad_batches", 1))
+
+
+def protocol_warnings(cfg: DictConfig, protocol: Protocol) -> list[str]:
+    """One line per difference between the composed run and the paper's batch / iterations."""
+    warnings = []
+    batch = effective_batch(cfg)
+    if protocol.effective_batch is not None:
+        if batch is None:
+            warnings.append(f"effective batch unknown here (trainer.devices={cfg.trainer.devices}); "
+                            f"paper: {protocol.effective_batch}")
+        elif batch != protocol.effective_batch:
+            warnings.append(f"effective batch {batch} (data.batch_size={cfg.data.batch_size} x "
+                            f"{world_size(cfg)} devices x {cfg.trainer.get('accumulate_grad_batches', 1)} "
+                            f"accumulated) != paper {protocol.effective_batch}")
+    steps = cfg.trainer.get("max_steps")
+    if protocol.max_steps is not None and steps != protocol.max_steps:
+        warnings.append(f"trainer.max_steps={steps} != paper {protocol.max_steps} iterations")
+    return warnings
+
+
+def is_distributed(cfg: DictConfig) -> bool:
+    """Several processes: more than one device x node, or a DDP strategy over devices unknown here."""
+    world = world_size(cfg)
+    if world is None:
+        return "ddp" in str(cfg.trainer.get("strategy", "auto"))
+    return world > 1
+
+
+def needs_own_process(cfg: DictConfig, launcher: str | None) -> bool:
+    """Distributed rows under the basic launcher run as their own process (Lightning's DDP re-runs the
+    command line, so inside a multirun its workers would relaunch the whole sweep). A cluster launcher
+    (submitit) starts one task per device itself, so such rows stay in the sweep there."""
+    return (launcher in (None, BASIC_LAUNCHER)) and is_distributed(cfg)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One (row, seed): what runs, where, and the hash of the config it runs."""
+
+    row: Row
+    seed: int
+    kind: str
+    overrides: tuple[str, ...]
+    run_dir: Path
+    config_hash: str
+    warnings: tuple[str, ...] = ()
+    own_process: bool = False
+    source_dir: Path | None = None
+
+    @property
+    def choice(self) -> str:
+        """The ``table_row`` option (and run sub-folder) of this job: ``<row>/seed<k>``."""
+        return f"{self.row.name}/seed{self.seed}"
+
+    @property
+    def label(self) -> str:
+        return self.choice
+
+
+def plan_train_job(spec: TableSpec, row: Row, profile: Profile, seed: int, base_dir: Path,
+                   extra: Sequence[str] = (), launcher: str | None = None) -> Job:
+    """Compose and validate one training row; raises (ConfigError, Hydra errors) when it cannot run."""
+    from segexp.builders import validate
+
+    overrides = train_overrides(spec, row, profile, extra)
+    cfg = compose(overrides, seed)
+    validate(cfg)
+    warnings = replaced_by_profile(row, profile)
+    if profile.check_protocol:
+        warnings += protocol_warnings(cfg, spec.protocol_of(row))
+    return Job(row=row, seed=seed, kind=TRAIN, overrides=tuple(overrides), run_dir=base_dir / row.name / f"seed{seed}",
+               config_hash=config_hash(cfg), warnings=tuple(warnings), own_process=needs_own_process(cfg, launcher))
+
+
+def plan_eval_job(row: Row, profile: Profile, seed: int, base_dir: Path, source: Job) -> Job:
+    """An eval-only row on ``source``'s last checkpoint; its hash covers the source run (config and launch)."""
+    ckpt = source.run_dir / "checkpoints" / "last.ckpt"
+    overrides = eval_overrides(row, profile, ckpt)
+    cfg = compose(overrides, seed, config_name="eval")
+    record = source.run_dir / TABLE_ROW_FILE  # rewritten each time the source row is (re)launched
+    stamp = record.stat().st_mtime_ns if record.is_file() else None
+    return Job(row=row, seed=seed, kind=EVAL, overrides=tuple(overrides), run_dir=base_dir / row.name / f"seed{seed}",
+               config_hash=config_hash(cfg, source.config_hash, stamp), source_dir=source.run_dir)
+
+
+def _is_group(key: str) -> bool:
+    return "." not in key and (CONF_DIR / key).is_dir()
+
+
+def _set_nested(tree: dict[str, Any], key: str, value: Any) -> None:
+    *parents, leaf = key.split(".")
+    for part in parents:
+        tree = tree.setdefault(part, {})
+    tree[leaf] = value
+
+
+def row_file_text(overrides: Sequence[str], values: dict[str, Any]) -> str:
+    """A ``# @package _global_`` config equal to applying ``overrides`` (then ``values``) on the command
+    line: group choices become ``override /group: option`` defaults, the rest nested values."""
+    defaults: list[Any] = []
+    tree: dict[str, Any] = {}
+    for parsed in OverridesParser.create().parse_overrides(list(overrides)):
+        key, value = parsed.key_or_group, parsed.value()
+        if _is_group(key) and (value is None or isinstance(value, str)):
+            defaults.append({(f"/{key}" if parsed.is_add() else f"override /{key}"): value})
+        else:
+            _set_nested(tree, key, value)
+    for key, value in values.items():
+        _set_nested(tree, key, value)
+    body = yaml.safe_dump({"defaults": [*defaults, "_self_"], **tree}, sort_keys=False)
+    return "# @package _global_\n# Written by segexp-table: one table row (see table_row.json beside the run).\n" + body

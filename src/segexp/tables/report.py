@@ -1,0 +1,308 @@
+"""``segexp-table report``: a table's measured values next to the paper's, as markdown, CSV and a PNG chart.
+
+Per row and metric (in the paper's units, e.g. mIoU x 100): the paper value, the measured mean +- sample
+std over seeds, measured - paper, and against the baseline row the paper's delta, the measured delta and
+a verdict on whether the measured seeds reproduce the paper's delta (:func:`verdict`), plus the run's
+protocol warnings and its folder. Files are written atomically (temporary file + ``os.replace``).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from segexp.tables.spec import (
+    DELTA,
+    PER_CLASS_PREFIX,
+    RESULTS_DIR,
+    Profile,
+    Row,
+    TableSpec,
+    display_path,
+    metric_scale,
+)
+from segexp.tables.store import RowResults, load_row, profile_dir
+
+REPRODUCED, OPPOSITE, WITHIN_NOISE, SINGLE_SEED = "reproduced", "opposite", "within noise", "single seed"
+NOISE_MARGIN = 2.0
+VERDICT_RULE = (
+    f"Verdict on each paper delta against the baseline row, from the measured seeds: with n_r and n_b seeds of "
+    f"the row and the baseline, measured delta d = mean_r - mean_b and its standard error "
+    f"SE = sqrt(s_r^2/n_r + s_b^2/n_b) (s = sample std). **{REPRODUCED}**: d has the paper delta's sign and "
+    f"|d| > {NOISE_MARGIN:g} x SE; **{OPPOSITE}**: the other sign (or the paper's delta is 0) and "
+    f"|d| > {NOISE_MARGIN:g} x SE; **{WITHIN_NOISE}**: |d| <= {NOISE_MARGIN:g} x SE; **{SINGLE_SEED}**: fewer "
+    f"than 2 seeds of the row or of the baseline (run with `--seeds N`)."
+)
+OK, NOT_RUN, FAILED, MISSING, PENDING_ROW = "ok", "not run", "failed", "missing", "pending"
+RAW_KEYS = {"relative_time": "wall_s"}
+"""Metrics derived from another metrics.json key (relative_time = wall_s / the baseline's)."""
+
+
+def mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
+    if not values:
+        return None, None
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
+
+
+def standard_error_of_difference(row: Sequence[float], base: Sequence[float]) -> float:
+    return math.sqrt(statistics.variance(row) / len(row) + statistics.variance(base) / len(base))
+
+
+def verdict(paper_delta: float, row: Sequence[float], base: Sequence[float]) -> str:
+    """Does the measured delta (seeds of ``row`` minus seeds of ``base``) reproduce ``paper_delta``?"""
+    if len(row) < 2 or len(base) < 2:
+        return SINGLE_SEED
+    measured = statistics.fmean(row) - statistics.fmean(base)
+    if abs(measured) <= NOISE_MARGIN * standard_error_of_difference(row, base):
+        return WITHIN_NOISE
+    return REPRODUCED if paper_delta != 0 and (measured > 0) == (paper_delta > 0) else OPPOSITE
+
+
+def metric_value(metrics: dict[str, Any], metric: str) -> float | None:
+    """A metric from metrics.json in the paper's units (None when absent)."""
+    if metric.startswith(PER_CLASS_PREFIX):
+        value = (metrics.get("per_class_iou") or {}).get(metric[len(PER_CLASS_PREFIX):])
+    else:
+        value = metrics.get(RAW_KEYS.get(metric, metric))
+    if value is None:
+        return None
+    return float(value) * (1.0 if metric in RAW_KEYS else metric_scale(metric))
+
+
+@dataclass
+class Cell:
+    """One row x metric of the report."""
+
+    row: Row
+    metric: str
+    status: str
+    paper: float | None = None
+    values: list[float] = field(default_factory=list)
+    measured: float | None = None
+    std: float | None = None
+    vs_paper: float | None = None
+    baseline: str | None = None
+    paper_delta: float | None = None
+    measured_delta: float | None = None
+    se_delta: float | None = None
+    verdict: str = ""
+    detail: str = ""
+    warnings: list[str] = field(default_factory=list)
+    run_dir: str = ""
+
+
+@dataclass
+class TableReport:
+    spec: TableSpec
+    profile: Profile
+    base_dir: Path
+    cells: list[Cell]
+    results: dict[str, RowResults]
+
+    def cells_of(self, metric: str) -> list[Cell]:
+        return [c for c in self.cells if c.metric == metric]
+
+    def facts(self) -> str:
+        runs = [m for r in self.results.values() for m in r.seeds.values()]
+        devices = sorted({str(m.get("device")) for m in runs if m.get("device")})
+        commits = sorted({str(m.get("git_commit"))[:10] for m in runs if m.get("git_commit")})
+        seeds = sorted({len(r.seeds) for r in self.results.values() if r.seeds})
+        return (f"{len(runs)} finished run(s); seeds per row: {', '.join(map(str, seeds)) or '-'}; "
+                f"device: {', '.join(devices) or '-'}; git: {', '.join(commits) or '-'}")
+
+
+def raw_values(metric: str, results: RowResults) -> list[float]:
+    values = [metric_value(m, metric) for _, m in sorted(results.seeds.items())]
+    return [v for v in values if v is not None]
+
+
+def row_status(spec: TableSpec, row: Row, results: RowResults) -> tuple[str, str]:
+    if results.seeds:
+        return OK, ""
+    if not row.runnable:
+        return NOT_RUN, str(row.notes)
+    if not spec.ready:
+        return PENDING_ROW, str(spec.pending_reason)
+    if results.errors:
+        return FAILED, "; ".join(f"seed{s}: {e}" for s, e in sorted(results.errors.items()))
+    return MISSING, ""
+
+
+def build_cell(spec: TableSpec, row: Row, metric: str, results: dict[str, RowResults], base_dir: Path) -> Cell:
+    status, detail = row_status(spec, row, results[row.name])
+    baseline = spec.baseline_of(row)
+    cell = Cell(row=row, metric=metric, status=status, detail=detail, paper=row.paper.get(metric),
+                baseline=baseline, warnings=results[row.name].warnings(), run_dir=display_path(base_dir / row.name))
+    if results[row.name].stale:
+        cell.warnings.append(f"ignored seeds run under an older config: {results[row.name].stale}")
+    values = raw_values(metric, results[row.name])
+    base_values = raw_values(metric, results[baseline]) if baseline else []
+    reference = spec.baseline or baseline
+    if metric in RAW_KEYS and reference and (ref := raw_values(metric, results[reference])):
+        scale = statistics.fmean(ref)
+        values, base_values = [v / scale for v in values], [v / scale for v in base_values]
+    cell.values = values
+    cell.measured, cell.std = mean_std(values)
+    base_mean, _ = mean_std(base_values)
+    base_paper = spec.row(baseline).paper.get(metric) if baseline else None
+    if cell.measured is not None and base_mean is not None:
+        cell.measured_delta = cell.measured - base_mean
+        if len(values) > 1 and len(base_values) > 1:
+            cell.se_delta = standard_error_of_difference(values, base_values)
+    if spec.paper_values == DELTA:  # the paper reports deltas: compare measured deltas with them
+        cell.measured = cell.measured_delta if baseline else (0.0 if cell.measured is not None else None)
+        cell.std = cell.se_delta if baseline else None
+    if cell.paper is not None and base_paper is not None:
+        cell.paper_delta = cell.paper - base_paper
+        if values and base_values:
+            cell.verdict = verdict(cell.paper_delta, values, base_values)
+    if cell.paper is not None and cell.measured is not None:
+        cell.vs_paper = cell.measured - cell.paper
+    return cell
+
+
+def build_report(spec: TableSpec, profile: Profile, base_dir: Path | None = None) -> TableReport:
+    base_dir = base_dir or profile_dir(spec.id, profile.name)
+    results = {row.name: load_row(base_dir / row.name) for row in spec.rows}
+    cells = [build_cell(spec, row, metric, results, base_dir) for metric in spec.metrics for row in spec.rows]
+    return TableReport(spec=spec, profile=profile, base_dir=base_dir, cells=cells, results=results)
+
+
+def fmt(value: float | None, signed: bool = False) -> str:
+    if value is None:
+        return "—"
+    return f"{value:+.2f}" if signed else f"{value:.2f}"
+
+
+def measured_text(cell: Cell, signed: bool) -> str:
+    """``mean ± std (n=k)``, or the row's status and why."""
+    if cell.status != OK:
+        return f"{cell.status}: {cell.detail}" if cell.detail else cell.status
+    if cell.measured is None:
+        return "— (not in metrics.json)"
+    spread = f" ± {cell.std:.2f}" if cell.std is not None else ""
+    seeds = f" (n={len(cell.values)})" if len(cell.values) > 1 else ""
+    return f"{fmt(cell.measured, signed)}{spread}{seeds}"
+
+
+def md_escape(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def markdown_table(cells: Sequence[Cell], deltas: bool) -> list[str]:
+    lines = ["| row | paper | measured | Δ vs paper | baseline | paper Δ | measured Δ | verdict | warnings | run dir |",
+             "|---|---:|---:|---:|---|---:|---:|---|---|---|"]
+    for c in cells:
+        name = f"`{c.row.name}`" + (f" {c.row.label}" if c.row.label else "")
+        lines.append("| " + " | ".join(md_escape(x) for x in (
+            name, fmt(c.paper, deltas), measured_text(c, deltas), fmt(c.vs_paper, signed=True), c.baseline or "—",
+            fmt(c.paper_delta, signed=True), fmt(c.measured_delta, signed=True), c.verdict or "—",
+            "; ".join(c.warnings) or "", f"`{c.run_dir}`" if c.status == OK else "")) + " |")
+    return lines
+
+
+def render_markdown(report: TableReport) -> str:
+    spec, profile = report.spec, report.profile
+    lines = [f"# {spec.id}: {spec.title}", "",
+             f"- paper `{spec.paper}`; paper's dataset: {spec.dataset}; status: **{spec.status}**"
+             + (f" ({spec.pending_reason})" if not spec.ready else ""),
+             f"- profile **{profile.name}**: {profile.description.strip()}",
+             f"- runs: {report.facts()}; folder `{display_path(report.base_dir)}`",
+             "- values in the paper's units (mIoU, accuracies and per-class IoU in %)"
+             + ("; the paper reports deltas to the baseline row, so measured values are deltas too"
+                if spec.paper_values == DELTA else "")]
+    if spec.notes:
+        lines.append(f"- note: {spec.notes.strip()}")
+    for metric in spec.metrics:
+        lines += ["", f"## {metric}", "", *markdown_table(report.cells_of(metric), spec.paper_values == DELTA)]
+    lines += ["", "---", "", VERDICT_RULE, "",
+              "Δ vs paper = measured − paper. paper Δ / measured Δ = row − baseline row. A warning next to a row "
+              "says where its run differs from the paper's protocol (batch, iterations) or where the profile "
+              "replaced one of the row's own settings.", "",
+              f"Generated by `segexp-table report {spec.id} --profile {profile.name}` on "
+              f"{time.strftime('%Y-%m-%d %H:%M')}."]
+    return "\n".join(lines) + "\n"
+
+
+CSV_FIELDS = ("table", "profile", "row", "label", "metric", "status", "paper", "measured", "std", "n_seeds",
+              "delta_vs_paper", "baseline", "paper_delta", "measured_delta", "se_delta", "verdict", "warnings",
+              "run_dir", "detail")
+
+
+def rounded(value: float | None, digits: int = 4) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def render_csv(report: TableReport) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=CSV_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    for c in report.cells:
+        writer.writerow({
+            "table": report.spec.id, "profile": report.profile.name, "row": c.row.name, "label": c.row.label,
+            "metric": c.metric, "status": c.status, "paper": c.paper, "measured": rounded(c.measured),
+            "std": rounded(c.std), "n_seeds": len(c.values), "delta_vs_paper": rounded(c.vs_paper),
+            "baseline": c.baseline or "", "paper_delta": rounded(c.paper_delta),
+            "measured_delta": rounded(c.measured_delta), "se_delta": rounded(c.se_delta),
+            "verdict": c.verdict, "warnings": "; ".join(c.warnings), "run_dir": c.run_dir, "detail": c.detail,
+        })
+    return out.getvalue()
+
+
+MAX_CHART_METRICS = 3
+
+
+def render_png(report: TableReport, path: Path) -> None:
+    """Grouped bars, paper vs measured (error bar: std over seeds), one panel per metric (first three)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = report.spec.metrics[:MAX_CHART_METRICS]
+    names = [row.name for row in report.spec.rows]
+    fig, axes = plt.subplots(len(metrics), 1, figsize=(max(6.0, 0.55 * len(names) + 2), 3.2 * len(metrics)),
+                             squeeze=False)
+    for ax, metric in zip(axes[:, 0], metrics):
+        cells = report.cells_of(metric)
+        xs = range(len(cells))
+        nan = float("nan")
+        ax.bar([x - 0.2 for x in xs], [c.paper if c.paper is not None else nan for c in cells], 0.4,
+               label="paper", color="0.6")
+        ax.bar([x + 0.2 for x in xs], [c.measured if c.measured is not None else nan for c in cells], 0.4,
+               yerr=[c.std or 0.0 for c in cells], label=f"measured ({report.profile.name})", color="tab:blue")
+        ax.set_xticks(list(xs), names, rotation=45, ha="right", fontsize=8)
+        ax.set_ylabel(metric + (" Δ" if report.spec.paper_values == DELTA else ""))
+        ax.legend(fontsize=8)
+    axes[0, 0].set_title(f"{report.spec.id}: paper vs measured ({report.profile.name} profile)", fontsize=10)
+    fig.tight_layout()
+    tmp = path.with_name(path.name + ".tmp")
+    fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_report(spec: TableSpec, profile: Profile, base_dir: Path | None = None,
+                 results_dir: Path = RESULTS_DIR) -> dict[str, Path]:
+    """``<results_dir>/<id>.<profile>.{md,csv,png}``; returns the paths by suffix."""
+    report = build_report(spec, profile, base_dir)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    paths = {suffix: results_dir / f"{spec.id}.{profile.name}.{suffix}" for suffix in ("md", "csv", "png")}
+    write_text_atomic(paths["md"], render_markdown(report))
+    write_text_atomic(paths["csv"], render_csv(report))
+    render_png(report, paths["png"])
+    return paths

@@ -1,0 +1,394 @@
+"""``segexp-table run``: run a table's rows (x seeds) as ONE Hydra multirun of segexp-train, then its
+eval-only rows as one multirun of segexp-eval, then the model-size/speed measurements.
+
+Each row is a generated config ``<profile dir>/.table_rows/table_row/<row>/seed<k>.yaml`` (its final
+overrides as a ``# @package _global_`` file) put on Hydra's search path, so one command line covers
+every row: ``python -m segexp.train -m +table_row=a/seed0,b/seed0 hydra.sweep.subdir=<choice>``.
+Hydra's basic launcher runs every job and raises at the end when one failed, so a failing row does not
+stop the others. Before launching, a row whose folder holds a ``metrics.json`` written under the same
+config hash (``table_row.json``) is skipped, so a re-run after an interruption runs only what is missing
+(and resumes a killed row from its ``last.ckpt``). Distributed rows run as their own process (see
+:func:`segexp.tables.plan.needs_own_process`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from segexp.run import write_json_atomic
+from segexp.tables.plan import EVAL, TRAIN, Job, plan_eval_job, plan_train_job, row_file_text, split_hydra
+from segexp.tables.spec import Profile, Row, SpecError, TableSpec, display_path
+from segexp.tables.store import ERROR_FILE, METRICS_FILE, TABLE_ROW_FILE, profile_dir, read_json
+
+ROWS_FOLDER = ".table_rows"
+LOGS_FOLDER = "_logs"
+CHECKPOINTS = "checkpoints"
+LAST_CKPT = "last.ckpt"
+LOCK_FILE = ".lock"
+RESUMABLE_ERRORS = ("KeyboardInterrupt",)
+"""error.json errors after which a row resumes from last.ckpt instead of starting over."""
+MODULES = {TRAIN: "segexp.train", EVAL: "segexp.evaluate"}
+JOB_ERROR = re.compile(r"Error executing job with overrides: \[(?P<overrides>[^\]]*)\]\n(?P<body>.*?)"
+                       r"(?=\nSet the environment variable HYDRA_FULL_ERROR|\nError executing job|\Z)", re.S)
+
+
+@dataclass(frozen=True)
+class Launch:
+    """Where and how a table's jobs are launched."""
+
+    base_dir: Path
+    launcher: str | None = None
+    hydra_extra: tuple[str, ...] = ()
+    quiet: bool = False
+
+    @property
+    def rows_dir(self) -> Path:
+        return self.base_dir / ROWS_FOLDER
+
+    def log(self, name: str) -> Path:
+        return self.base_dir / LOGS_FOLDER / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.log"
+
+
+@dataclass
+class RunResult:
+    """What one ``segexp-table run`` did, by job label ``<row>/seed<k>``."""
+
+    table: str
+    profile: str
+    ran: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    not_run: dict[str, str] = field(default_factory=dict)
+    measured: list[str] = field(default_factory=list)
+    warnings: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+class PruneCheckpoints(Callback):
+    """Hydra callback: after each job, delete the checkpoints its ``table_row.json`` lists under "prune"."""
+
+    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        prune_checkpoints(Path(str(config.hydra.runtime.output_dir)))
+
+
+def prune_checkpoints(run_dir: Path, which: Sequence[str] | None = None) -> None:
+    """Delete ``best-step*.ckpt`` ("best") and/or ``last.ckpt`` ("last") of a run."""
+    if which is None:
+        which = (read_json(run_dir / TABLE_ROW_FILE) or {}).get("prune", [])
+    folder = run_dir / CHECKPOINTS
+    doomed = (list(folder.glob("best-step*.ckpt")) if "best" in which else []) + (
+        [folder / LAST_CKPT] if "last" in which else [])
+    for path in doomed:
+        path.unlink(missing_ok=True)
+
+
+def job_record(job: Job) -> dict[str, Any]:
+    return read_json(job.run_dir / TABLE_ROW_FILE) or {}
+
+
+def is_done(job: Job) -> bool:
+    """metrics.json exists and was produced under this job's config hash."""
+    return (job.run_dir / METRICS_FILE).is_file() and job_record(job).get("config_hash") == job.config_hash
+
+
+def can_resume(job: Job) -> bool:
+    """A killed training row of the same config with a last.ckpt continues from it."""
+    if job.kind != TRAIN or job_record(job).get("config_hash") != job.config_hash:
+        return False
+    error = (read_json(job.run_dir / ERROR_FILE) or {}).get("error")
+    return (job.run_dir / CHECKPOINTS / LAST_CKPT).is_file() and (error is None or error.startswith(RESUMABLE_ERRORS))
+
+
+def prune_policy(job: Job, profile: Profile, has_dependents: bool) -> list[str]:
+    if profile.checkpoints == "none":
+        return ["best"] if has_dependents else ["best", "last"]
+    return ["best"] if profile.checkpoints == "last" else []
+
+
+def prepare(job: Job, spec: TableSpec, profile: Profile, rows_dir: Path, prune: list[str]) -> None:
+    """Set old results aside (never deleted) and write the row config and ``table_row.json``."""
+    resume = can_resume(job)
+    job.run_dir.mkdir(parents=True, exist_ok=True)
+    for name in (METRICS_FILE, ERROR_FILE):
+        old = job.run_dir / name
+        if old.is_file():
+            os.replace(old, old.with_name(old.stem + ".prev.json"))
+    values: dict[str, Any] = {"seed": job.seed}
+    if resume:
+        values["ckpt_path"] = "last"
+    row_file = rows_dir / "table_row" / job.row.name / f"seed{job.seed}.yaml"
+    row_file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = row_file.with_suffix(".tmp")
+    tmp.write_text(row_file_text(job.overrides, values))
+    os.replace(tmp, row_file)
+    write_json_atomic(job.run_dir / TABLE_ROW_FILE, {
+        "table": spec.id, "profile": profile.name, "row": job.row.name, "seed": job.seed, "kind": job.kind,
+        "config_hash": job.config_hash, "overrides": list(job.overrides), "resumed": resume,
+        "warnings": list(job.warnings), "prune": prune,
+        "source": str(job.source_dir) if job.source_dir else None,
+        "written_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    })
+
+
+def hydra_quote(value: str) -> str:
+    """A path as a Hydra override value (quoted when it holds characters the grammar treats specially)."""
+    return value if re.fullmatch(r"[\w/.:+-]+", value) else "'" + value.replace("'", "\\'") + "'"
+
+
+def hydra_args(rows_dir: Path, launcher: str | None, hydra_extra: Sequence[str]) -> list[str]:
+    args = [f"hydra.searchpath=[{hydra_quote('file://' + str(rows_dir))}]",
+            f"+hydra.callbacks.segexp_table._target_={PruneCheckpoints.__module__}.{PruneCheckpoints.__name__}"]
+    if launcher:
+        args.append(f"hydra/launcher={launcher}")
+    return [*args, *hydra_extra]
+
+
+def sweep_command(kind: str, jobs: Sequence[Job], base_dir: Path, rows_dir: Path, launcher: str | None,
+                  hydra_extra: Sequence[str]) -> list[str]:
+    """One multirun over ``jobs``: each job's output folder is ``<base_dir>/<row>/seed<k>``."""
+    return [sys.executable, "-m", MODULES[kind], "-m", f"+table_row={','.join(j.choice for j in jobs)}",
+            f"hydra.sweep.dir={hydra_quote(str(base_dir))}", "hydra.sweep.subdir=${hydra:runtime.choices.table_row}",
+            *hydra_args(rows_dir, launcher, hydra_extra)]
+
+
+def single_command(job: Job, rows_dir: Path, hydra_extra: Sequence[str]) -> list[str]:
+    """One job as a plain (non-multirun) process: Lightning may then start its DDP workers safely."""
+    return [sys.executable, "-m", MODULES[job.kind], f"+table_row={job.choice}",
+            f"hydra.run.dir={hydra_quote(str(job.run_dir))}", *hydra_args(rows_dir, None, hydra_extra)]
+
+
+def run_logged(command: Sequence[str], log_path: Path, quiet: bool) -> tuple[int, str]:
+    """Run ``command``, echoing (unless ``quiet``) and saving its output; (exit code, output)."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    lines: list[str] = []
+    with log_path.open("w") as log, subprocess.Popen(
+        list(command), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+    ) as proc:
+        log.write(" ".join(command) + "\n\n")
+        for line in proc.stdout:
+            log.write(line)
+            lines.append(line)
+            if not quiet:
+                sys.stdout.write(line)
+        code = proc.wait()
+    return code, "".join(lines)
+
+
+def job_errors(output: str) -> dict[str, str]:
+    """``{table_row choice: last line of its traceback}`` from Hydra's multirun error reports."""
+    errors = {}
+    for match in JOB_ERROR.finditer(output):
+        choice = re.search(r"\+table_row=([\w/]+)", match.group("overrides"))
+        lines = [line for line in match.group("body").splitlines() if line.strip()]
+        if choice and lines:
+            errors[choice.group(1)] = lines[-1].strip()
+    return errors
+
+
+def last_error_line(output: str) -> str | None:
+    lines = [ln for ln in output.split("\nSet the environment variable HYDRA_FULL_ERROR")[0].splitlines() if ln.strip()]
+    return lines[-1].strip() if lines else None
+
+
+def collect(jobs: Sequence[Job], code: int, output: str, log: Path, result: RunResult) -> None:
+    """Sort launched jobs into ``ran`` and ``failed`` (error.json, Hydra's report, or the exit code)."""
+    errors = job_errors(output)
+    for job in jobs:
+        if is_done(job):
+            result.ran.append(job.label)
+            continue
+        recorded = (read_json(job.run_dir / ERROR_FILE) or {}).get("error")
+        reason = recorded or errors.get(job.choice) or (last_error_line(output) if len(jobs) == 1 else None)
+        result.failed[job.label] = f"{reason or f'exit code {code}, no {METRICS_FILE}'} (log: {display_path(log)})"
+
+
+def launch(kind: str, jobs: Sequence[Job], how: Launch, result: RunResult) -> None:
+    """The sweep of the in-process jobs, then each own-process job on its own."""
+    in_sweep = [j for j in jobs if not j.own_process]
+    if in_sweep:
+        log = how.log(kind)
+        command = sweep_command(kind, in_sweep, how.base_dir, how.rows_dir, how.launcher, how.hydra_extra)
+        code, output = run_logged(command, log, how.quiet)
+        collect(in_sweep, code, output, log, result)
+    for job in (j for j in jobs if j.own_process):
+        log = how.log(f"{kind}-{job.row.name}-seed{job.seed}")
+        code, output = run_logged(single_command(job, how.rows_dir, how.hydra_extra), log, how.quiet)
+        collect([job], code, output, log, result)
+
+
+def select_rows(spec: TableSpec, names: Sequence[str] | None) -> list[Row]:
+    """The requested rows (all by default) plus the trained rows their eval-only rows need."""
+    wanted = [spec.row(n) for n in names] if names else list(spec.rows)
+    sources = [spec.row(r.eval_of) for r in wanted if r.is_eval and r.runnable]
+    return [r for r in spec.rows if r in wanted or r in sources]
+
+
+def plan_training(spec: TableSpec, rows: Sequence[Row], profile: Profile, seeds: int, base_dir: Path,
+                  extra: Sequence[str], launcher: str | None, result: RunResult) -> dict[tuple[str, int], Job]:
+    jobs = {}
+    for row in (r for r in rows if r.runnable and not r.is_eval):
+        for seed in range(seeds):
+            try:
+                jobs[row.name, seed] = plan_train_job(spec, row, profile, seed, base_dir, extra, launcher)
+            except Exception as err:  # compose/validation errors: record the row, keep the others
+                result.failed[f"{row.name}/seed{seed}"] = f"config error: {type(err).__name__}: {err}"
+    return jobs
+
+
+def plan_evals(rows: Sequence[Row], profile: Profile, seeds: int, base_dir: Path,
+               trained: dict[tuple[str, int], Job]) -> list[Job]:
+    return [plan_eval_job(row, profile, seed, base_dir, trained[row.eval_of, seed])
+            for row in rows if row.is_eval and row.runnable for seed in range(seeds) if (row.eval_of, seed) in trained]
+
+
+def needs_checkpoint(evals: Sequence[Job]) -> set[Path]:
+    """Source runs whose last.ckpt a pending eval-only row still has to read."""
+    return {job.source_dir for job in evals if not is_done(job)}
+
+
+def print_plan(jobs: Sequence[Job], kind: str, result: RunResult) -> None:
+    """--dry-run: per job what would happen (and, for training, the rows that cannot run at all)."""
+    for job in jobs:
+        state = "done (skip)" if is_done(job) else "resume from last.ckpt" if can_resume(job) else "run"
+        where = "own process" if job.own_process else f"{kind} sweep"
+        print(f"  {job.label:<28} {state:<22} {where:<12} {display_path(job.run_dir)}")
+        for warning in job.warnings:
+            print(f"      warning: {warning}")
+    if kind == TRAIN:
+        for label, error in result.failed.items():
+            print(f"  {label:<28} cannot run: {error}")
+        for row, note in result.not_run.items():
+            print(f"  {row:<28} not run: {note}")
+
+
+def warn_protocol(jobs: Sequence[Job], result: RunResult) -> None:
+    for job in jobs:
+        if job.warnings:
+            result.warnings[job.label] = list(job.warnings)
+            for warning in job.warnings:
+                print(f"segexp-table: warning: {job.label}: {warning}", file=sys.stderr)
+
+
+@contextmanager
+def table_lock(base_dir: Path) -> Iterator[None]:
+    """One ``segexp-table run`` per table and profile at a time (``<profile dir>/.lock`` holds its pid)."""
+    lock = base_dir / LOCK_FILE
+    base_dir.mkdir(parents=True, exist_ok=True)
+    acquire_lock(lock)
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def acquire_lock(lock: Path) -> None:
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            pid = lock.read_text().strip()
+            if pid.isdigit() and not process_alive(int(pid)):
+                lock.unlink(missing_ok=True)  # left behind by a killed run
+                continue
+            message = f"{display_path(lock)}: a run of this table and profile is in progress (pid {pid})"
+            raise SpecError(message) from None
+        with os.fdopen(fd, "w") as handle:
+            handle.write(str(os.getpid()))
+        return
+    raise SpecError(f"{display_path(lock)}: could not take the lock")
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        pass
+    return True
+
+
+def run_table(spec: TableSpec, profile: Profile, seeds: int = 1, rows: Sequence[str] | None = None,
+              launcher: str | None = None, extra: Sequence[str] = (), dry_run: bool = False,
+              base_dir: Path | None = None, quiet: bool = False) -> RunResult:
+    """Run what is missing of ``spec`` under ``profile``; see the module docstring."""
+    if not spec.ready:
+        raise SpecError(f"{display_path(spec.path)}: status: table {spec.id} is pending: {spec.pending_reason}")
+    if seeds < 1:
+        raise ValueError(f"--seeds must be >= 1, got {seeds}")
+    config_extra, hydra_extra = split_hydra(extra)
+    how = Launch(base_dir or profile_dir(spec.id, profile.name), launcher, tuple(hydra_extra), quiet)
+    base_dir = how.base_dir
+    result = RunResult(table=spec.id, profile=profile.name)
+    selected = select_rows(spec, rows)
+    result.not_run = {r.name: str(r.notes) for r in selected if not r.runnable}
+    trained = plan_training(spec, selected, profile, seeds, base_dir, config_extra, launcher, result)
+    evals = plan_evals(selected, profile, seeds, base_dir, trained)
+    missing_ckpt = {p for p in needs_checkpoint(evals) if not (p / CHECKPOINTS / LAST_CKPT).is_file()}
+    todo = [j for j in trained.values() if not is_done(j) or j.run_dir in missing_ckpt]
+    result.skipped = [j.label for j in trained.values() if j not in todo]
+    warn_protocol(trained.values(), result)
+    if dry_run:
+        print(f"{spec.id} [{profile.name}] -> {display_path(base_dir)}")
+        print_plan(list(trained.values()), TRAIN, result)
+        print_plan(evals, EVAL, result)
+        return result
+    dependents = {(r.eval_of, s) for r in selected if r.is_eval for s in range(seeds)}
+    with table_lock(base_dir):
+        for job in todo:
+            prune = prune_policy(job, profile, (job.row.name, job.seed) in dependents)
+            prepare(job, spec, profile, how.rows_dir, prune)
+        if todo:
+            launch(TRAIN, todo, how, result)
+        run_evals(spec, profile, selected, seeds, trained, how, result)
+        measure_rows(trained.values(), result)
+    return result
+
+
+def run_evals(spec: TableSpec, profile: Profile, rows: Sequence[Row], seeds: int, trained: dict[tuple[str, int], Job],
+              how: Launch, result: RunResult) -> None:
+    """Plan the eval-only rows now that checkpoints exist; run those not done; prune used checkpoints."""
+    evals = plan_evals(rows, profile, seeds, how.base_dir, trained)
+    runnable = []
+    for job in evals:
+        if is_done(job):
+            result.skipped.append(job.label)
+        elif not (job.source_dir / CHECKPOINTS / LAST_CKPT).is_file():
+            result.failed[job.label] = f"no checkpoint of {display_path(job.source_dir)} (its row did not finish)"
+        else:
+            runnable.append(job)
+    for job in runnable:
+        prepare(job, spec, profile, how.rows_dir, prune=[])
+    if runnable:
+        launch(EVAL, runnable, how, result)
+    if profile.checkpoints == "none" and all(is_done(j) for j in evals):
+        for source in {j.source_dir for j in evals}:
+            prune_checkpoints(source, ["best", "last"])
+
+
+def measure_rows(jobs: Sequence[Job], result: RunResult) -> None:
+    """Add size_mb / test_time_s to metrics.json of finished rows that ask for them and lack them."""
+    from segexp.tables.measure import add_measurements
+
+    for job in jobs:
+        if job.row.measure and is_done(job):
+            try:
+                if add_measurements(job):
+                    result.measured.append(job.label)
+            except Exception as err:  # a measurement failure is recorded, not fatal to the table
+                result.failed[job.label] = f"measurement failed: {type(err).__name__}: {err}"

@@ -1,0 +1,411 @@
+"""Paper-table specs and run profiles: the schema of ``experiments/<paper>/t<N>.yaml`` and
+``experiments/profiles/<name>.yaml``, loaded into frozen dataclasses.
+
+Validation is explicit: every error is a :class:`SpecError` whose message starts with the file and the
+full key at fault (``experiments/deeplabv3/t5.yaml: rows[2].paper.mIoU: expected a number, got 'x'``).
+Override strings are parsed with Hydra's own override grammar, so a spec that loads has well-formed
+overrides; whether they compose is checked by composing them (see :mod:`segexp.tables.plan`).
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NoReturn
+
+import yaml
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
+
+from segexp.config import REPO_ROOT
+
+EXPERIMENTS_DIR = REPO_ROOT / "experiments"
+PROFILES_DIR = EXPERIMENTS_DIR / "profiles"
+RESULTS_DIR = EXPERIMENTS_DIR / "results"
+
+READY, PENDING = "ready", "pending"
+ABSOLUTE, DELTA = "absolute", "delta"
+CHECKPOINT_POLICIES = ("keep", "last", "none")
+"""keep: every checkpoint; last: only last.ckpt; none: none once nothing needs them (smoke)."""
+MEASURABLE = ("size_mb", "test_time_s")
+PER_CLASS_PREFIX = "per_class_iou."
+METRIC_SCALES: dict[str, float] = {
+    "mIoU": 100.0,
+    "pixel_acc": 100.0,
+    "mean_acc": 100.0,
+    "size_mb": 1.0,
+    "test_time_s": 1.0,
+    "relative_time": 1.0,
+}
+"""Factor from a metrics.json value to the papers' units (fractions -> %)."""
+RESERVED_KEYS = ("seed", "output_dir", "ckpt_path", "ckpt", "table_row", "hydra")
+"""Keys the runner sets itself; a spec or profile may not override them."""
+ROW_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+TABLE_FILE = re.compile(r"^t(\d+)$")
+
+
+class SpecError(ValueError):
+    """A table spec or profile that cannot be used, named by file and key."""
+
+
+def fail(path: Path | str, key: str, message: str) -> NoReturn:
+    raise SpecError(f"{display_path(path)}: {key}: {message}")
+
+
+def display_path(path: Path | str) -> str:
+    """``path`` relative to the repository when inside it (shorter messages)."""
+    path = Path(path)
+    try:
+        return str(path.resolve().relative_to(REPO_ROOT))
+    except ValueError:
+        return str(path)
+
+
+def metric_scale(name: str) -> float:
+    """Factor from metrics.json units to the paper's; KeyError for an unknown metric."""
+    if name.startswith(PER_CLASS_PREFIX):
+        return 100.0
+    return METRIC_SCALES[name]
+
+
+def is_known_metric(name: str) -> bool:
+    return name in METRIC_SCALES or (name.startswith(PER_CLASS_PREFIX) and len(name) > len(PER_CLASS_PREFIX))
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """The paper's training protocol that the ``full`` profile is checked against."""
+
+    effective_batch: int | None = None
+    max_steps: int | None = None
+
+    def merged(self, other: Protocol | None) -> Protocol:
+        if other is None:
+            return self
+        return Protocol(
+            effective_batch=other.effective_batch if other.effective_batch is not None else self.effective_batch,
+            max_steps=other.max_steps if other.max_steps is not None else self.max_steps,
+        )
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of a paper table: a training run (``overrides``) or an evaluation of another row."""
+
+    name: str
+    paper: dict[str, float]
+    label: str = ""
+    overrides: tuple[str, ...] = ()
+    notes: str | None = None
+    eval_of: str | None = None
+    eval_overrides: tuple[str, ...] = ()
+    measure: tuple[str, ...] = ()
+    baseline: str | None = None
+    protocol: Protocol | None = None
+
+    @property
+    def runnable(self) -> bool:
+        """Rows with ``notes`` are reported as "not run" (test server, missing data or component)."""
+        return self.notes is None
+
+    @property
+    def is_eval(self) -> bool:
+        return self.eval_of is not None
+
+    @property
+    def title(self) -> str:
+        return self.label or self.name
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """A paper table: shared ``base`` overrides (the paper's protocol) and its rows."""
+
+    id: str
+    title: str
+    paper: str
+    dataset: str
+    metrics: tuple[str, ...]
+    status: str
+    rows: tuple[Row, ...]
+    path: Path
+    pending_reason: str | None = None
+    base: tuple[str, ...] = ()
+    protocol: Protocol = field(default_factory=Protocol)
+    baseline: str | None = None
+    paper_values: str = ABSOLUTE
+    notes: str | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.status == READY
+
+    def row(self, name: str) -> Row:
+        for row in self.rows:
+            if row.name == name:
+                return row
+        raise SpecError(f"{display_path(self.path)}: rows: no row named '{name}' (rows: {self.row_names()})")
+
+    def row_names(self) -> list[str]:
+        return [row.name for row in self.rows]
+
+    def baseline_of(self, row: Row) -> str | None:
+        """The row ``row`` is compared with (its own ``baseline`` or the table's), never itself."""
+        name = row.baseline or self.baseline
+        return None if name == row.name else name
+
+    def protocol_of(self, row: Row) -> Protocol:
+        return self.protocol.merged(row.protocol)
+
+
+@dataclass(frozen=True)
+class Profile:
+    """An override set applied after base + row: ``full`` (paper protocol), ``smoke``, ``proxy``."""
+
+    name: str
+    description: str
+    path: Path
+    overrides: tuple[str, ...] = ()
+    eval_overrides: tuple[str, ...] = ()
+    drop: tuple[str, ...] = ()
+    check_protocol: bool = False
+    checkpoints: str = "keep"
+
+
+class _Mapping:
+    """A YAML mapping being read: typed getters whose errors name the file and the full key."""
+
+    def __init__(self, data: Any, path: Path, where: str, allowed: Sequence[str]) -> None:
+        if not isinstance(data, dict):
+            fail(path, where or "<top level>", f"expected a mapping, got {type(data).__name__}")
+        self.data, self.path, self.where = data, path, where
+        for key in data:
+            if key not in allowed:
+                close = difflib.get_close_matches(str(key), allowed, n=1)
+                hint = f" (did you mean '{close[0]}'?)" if close else ""
+                fail(path, self.key(str(key)), f"unknown key{hint}; allowed keys: {', '.join(allowed)}")
+
+    def key(self, name: str) -> str:
+        return f"{self.where}.{name}" if self.where else name
+
+    def has(self, name: str) -> bool:
+        return self.data.get(name) is not None
+
+    def get(self, name: str, kind: type | tuple[type, ...], required: bool = False, default: Any = None) -> Any:
+        value = self.data.get(name)
+        if value is None:
+            if required:
+                fail(self.path, self.key(name), "required key is missing")
+            return default
+        if not isinstance(value, kind) or (kind in (int, float) and isinstance(value, bool)):
+            names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+            fail(self.path, self.key(name), f"expected {names}, got {value!r}")
+        return value
+
+    def text(self, name: str, required: bool = False) -> str | None:
+        value = self.get(name, str, required)
+        if value is not None and not value.strip():
+            fail(self.path, self.key(name), "must not be empty")
+        return value
+
+    def choice(self, name: str, choices: Sequence[str], default: str) -> str:
+        value = self.get(name, str, default=default)
+        if value not in choices:
+            fail(self.path, self.key(name), f"must be one of {', '.join(choices)}, got '{value}'")
+        return value
+
+    def strings(self, name: str) -> tuple[str, ...]:
+        values = self.get(name, list, default=[])
+        for index, value in enumerate(values):
+            if not isinstance(value, str):
+                fail(self.path, f"{self.key(name)}[{index}]", f"expected a string, got {value!r}")
+        return tuple(values)
+
+    def numbers(self, name: str, required: bool = False) -> dict[str, float]:
+        values = self.get(name, dict, required, default={})
+        for key, value in values.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                fail(self.path, f"{self.key(name)}.{key}", f"expected a number, got {value!r}")
+        return {str(k): float(v) for k, v in values.items()}
+
+
+def override_key(override: str) -> str:
+    """The config key (or group) an override sets: ``+head.rates=[6]`` -> ``head.rates``."""
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def check_overrides(overrides: Sequence[str], path: Path, key: str) -> None:
+    """Hydra-parsable, single-valued, no deletions, no keys the runner owns."""
+    parser = OverridesParser.create()
+    for index, text in enumerate(overrides):
+        where = f"{key}[{index}]"
+        if text.startswith("~"):
+            fail(path, where, f"'{text}': deletions cannot be expressed in a table row; set the value instead")
+        if "=" not in text:
+            fail(path, where, f"'{text}' is not an override (expected key=value)")
+        name = override_key(text)
+        if name.split(".")[0].split("/")[0] in RESERVED_KEYS:
+            fail(path, where, f"'{text}': {name} is set by segexp-table itself")
+        try:
+            parsed = parser.parse_override(text)
+        except HydraException as err:
+            fail(path, where, f"'{text}' does not parse as a Hydra override: {err}")
+        if parsed.is_sweep_override():
+            fail(path, where, f"'{text}' is a sweep; write one row per value")
+
+
+def _protocol(node: _Mapping, name: str) -> Protocol | None:
+    if not node.has(name):
+        return None
+    sub = _Mapping(node.data[name], node.path, node.key(name), ("effective_batch", "max_steps"))
+    return Protocol(effective_batch=sub.get("effective_batch", int), max_steps=sub.get("max_steps", int))
+
+
+ROW_KEYS = ("name", "label", "overrides", "paper", "notes", "eval_of", "eval_overrides", "measure", "baseline",
+            "protocol")
+TABLE_KEYS = ("id", "title", "paper", "dataset", "metrics", "status", "pending_reason", "notes", "base",
+              "protocol", "baseline", "paper_values", "rows")
+PROFILE_KEYS = ("description", "overrides", "eval_overrides", "drop", "check_protocol", "checkpoints")
+
+
+def _row(data: Any, path: Path, where: str) -> Row:
+    node = _Mapping(data, path, where, ROW_KEYS)
+    name = node.text("name", required=True)
+    if not ROW_NAME.match(name):
+        fail(path, node.key("name"), f"'{name}' must match {ROW_NAME.pattern} (it names a folder and a Hydra choice)")
+    row = Row(
+        name=name,
+        paper=node.numbers("paper", required=True),
+        label=node.text("label") or "",
+        overrides=node.strings("overrides"),
+        notes=node.text("notes"),
+        eval_of=node.text("eval_of"),
+        eval_overrides=node.strings("eval_overrides"),
+        measure=node.strings("measure"),
+        baseline=node.text("baseline"),
+        protocol=_protocol(node, "protocol"),
+    )
+    check_overrides(row.overrides, path, node.key("overrides"))
+    check_overrides(row.eval_overrides, path, node.key("eval_overrides"))
+    if row.is_eval and row.overrides:
+        fail(path, node.key("overrides"), "an eval-only row (eval_of) reuses a checkpoint: use eval_overrides")
+    if not row.is_eval and row.eval_overrides:
+        fail(path, node.key("eval_overrides"), "only eval-only rows (with eval_of) take eval_overrides")
+    if row.is_eval and row.measure:
+        fail(path, node.key("measure"), "size and speed are measured on trained rows, not eval-only ones")
+    for index, metric in enumerate(row.measure):
+        if metric not in MEASURABLE:
+            fail(path, f"{node.key('measure')}[{index}]", f"'{metric}' is not measurable; use {MEASURABLE}")
+    return row
+
+
+def _check_table(spec: TableSpec) -> None:
+    path = spec.path
+    stem, paper_dir = path.stem, path.parent.name
+    if not TABLE_FILE.match(stem) or spec.id != f"{paper_dir}.{stem}" or spec.paper != paper_dir:
+        fail(path, "id", f"'{spec.id}' (paper '{spec.paper}') must be '{paper_dir}.{stem}' for this file")
+    if spec.status == PENDING and not spec.pending_reason:
+        fail(path, "pending_reason", "a pending table must say which components are missing")
+    for index, metric in enumerate(spec.metrics):
+        if not is_known_metric(metric):
+            fail(path, f"metrics[{index}]", f"unknown metric '{metric}'; known: {sorted(METRIC_SCALES)} "
+                                           f"or {PER_CLASS_PREFIX}<class>")
+    names = spec.row_names()
+    for index, row in enumerate(spec.rows):
+        where = f"rows[{index}]"
+        if names.count(row.name) > 1:
+            fail(path, f"{where}.name", f"duplicate row name '{row.name}'")
+        for metric in row.paper:
+            if metric not in spec.metrics:
+                fail(path, f"{where}.paper.{metric}", f"not one of the table's metrics {list(spec.metrics)}")
+        for key, ref in (("eval_of", row.eval_of), ("baseline", row.baseline)):
+            if ref is not None and ref not in names:
+                fail(path, f"{where}.{key}", f"no row named '{ref}' in this table")
+        if row.is_eval and spec.row(row.eval_of).is_eval:
+            fail(path, f"{where}.eval_of", f"'{row.eval_of}' is itself eval-only; name the trained row")
+    if spec.baseline is not None and spec.baseline not in names:
+        fail(path, "baseline", f"no row named '{spec.baseline}' in this table")
+    if spec.paper_values == DELTA and spec.baseline is None:
+        fail(path, "baseline", "paper_values: delta needs the baseline row the deltas are measured from")
+
+
+def load_spec(path: Path) -> TableSpec:
+    """Read and validate one ``experiments/<paper>/t<N>.yaml``."""
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        fail(path, "<yaml>", str(err).replace("\n", " "))
+    node = _Mapping(data, path, "", TABLE_KEYS)
+    rows = node.get("rows", list, required=True)
+    spec = TableSpec(
+        id=node.text("id", required=True),
+        title=node.text("title", required=True),
+        paper=node.text("paper", required=True),
+        dataset=node.text("dataset", required=True),
+        metrics=node.strings("metrics") or fail(path, "metrics", "list at least one metric"),
+        status=node.choice("status", (READY, PENDING), default=READY),
+        pending_reason=node.text("pending_reason"),
+        notes=node.text("notes"),
+        base=node.strings("base"),
+        protocol=_protocol(node, "protocol") or Protocol(),
+        baseline=node.text("baseline"),
+        paper_values=node.choice("paper_values", (ABSOLUTE, DELTA), default=ABSOLUTE),
+        rows=tuple(_row(row, path, f"rows[{i}]") for i, row in enumerate(rows)),
+        path=path,
+    )
+    check_overrides(spec.base, path, "base")
+    _check_table(spec)
+    return spec
+
+
+def spec_files(root: Path = EXPERIMENTS_DIR) -> list[Path]:
+    """Every ``<paper>/t<N>.yaml`` under ``root``, ordered by paper then table number."""
+    files = [p for p in root.glob("*/t*.yaml") if TABLE_FILE.match(p.stem)]
+    return sorted(files, key=lambda p: (p.parent.name, int(TABLE_FILE.match(p.stem).group(1))))
+
+
+def load_all(root: Path = EXPERIMENTS_DIR) -> list[TableSpec]:
+    return [load_spec(path) for path in spec_files(root)]
+
+
+def load_table(table_id: str, root: Path = EXPERIMENTS_DIR) -> TableSpec:
+    """The spec of ``<paper>.t<N>``, e.g. ``deeplabv3.t5``."""
+    paper, _, table = table_id.partition(".")
+    path = root / paper / f"{table}.yaml"
+    if not paper or not TABLE_FILE.match(table) or not path.is_file():
+        known = ", ".join(f"{p.parent.name}.{p.stem}" for p in spec_files(root))
+        raise SpecError(f"unknown table id '{table_id}' (no {display_path(path)}); known ids: {known}")
+    return load_spec(path)
+
+
+def load_profile(name: str, root: Path = PROFILES_DIR) -> Profile:
+    """Read and validate ``experiments/profiles/<name>.yaml``."""
+    path = root / f"{name}.yaml"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in root.glob("*.yaml")))
+        raise SpecError(f"unknown profile '{name}' (no {display_path(path)}); profiles: {known}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        fail(path, "<yaml>", str(err).replace("\n", " "))
+    node = _Mapping(data, path, "", PROFILE_KEYS)
+    profile = Profile(
+        name=name,
+        description=node.text("description", required=True),
+        path=path,
+        overrides=node.strings("overrides"),
+        eval_overrides=node.strings("eval_overrides"),
+        drop=node.strings("drop"),
+        check_protocol=node.get("check_protocol", bool, default=False),
+        checkpoints=node.choice("checkpoints", CHECKPOINT_POLICIES, default="keep"),
+    )
+    check_overrides(profile.overrides, path, "overrides")
+    check_overrides(profile.eval_overrides, path, "eval_overrides")
+    return profile
+
+
+def profile_names(root: Path = PROFILES_DIR) -> list[str]:
+    return sorted(p.stem for p in root.glob("*.yaml"))

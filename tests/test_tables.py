@@ -1,0 +1,443 @@
+"""Paper-table specs, profiles, the segexp-table runner and its reports (segexp.tables)."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import multiprocessing
+import os
+import re
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+from omegaconf import OmegaConf
+
+from segexp.backbones.resnet import ResNet
+from segexp.config import REPO_ROOT
+from segexp.info import compose_config
+from segexp.tables import cli
+from segexp.tables.measure import add_measurements
+from segexp.tables.plan import (
+    compose,
+    config_hash,
+    drop_overrides,
+    eval_overrides,
+    merge_overrides,
+    needs_own_process,
+    plan_train_job,
+    protocol_warnings,
+    row_file_text,
+    train_overrides,
+)
+from segexp.tables.report import (
+    OPPOSITE,
+    REPRODUCED,
+    SINGLE_SEED,
+    VERDICT_RULE,
+    WITHIN_NOISE,
+    verdict,
+    write_report,
+)
+from segexp.tables.runner import can_resume, prepare, run_table, single_command, sweep_command, table_lock
+from segexp.tables.spec import (
+    PENDING,
+    Protocol,
+    Row,
+    SpecError,
+    load_all,
+    load_profile,
+    load_spec,
+    load_table,
+    profile_names,
+)
+
+CATALOG = REPO_ROOT.parent / "shared" / "papers" / "README.md"
+PROFILES = profile_names()
+
+
+# ----------------------------------------------------------------------------- specs and schema
+
+
+def test_every_catalog_table_has_a_spec_and_every_spec_loads() -> None:
+    specs = load_all()
+    ids = {s.id for s in specs}
+    assert len(ids) == len(specs) == 31
+    if CATALOG.is_file():
+        assert ids == set(re.findall(r"`([a-z0-9]+\.t\d+)`", CATALOG.read_text()))
+    fcrn = {s.id: s for s in specs if s.paper == "fcrn"}
+    assert len(fcrn["fcrn.t1"].rows) == 21 and len(fcrn["fcrn.t2"].rows) == 23
+    for spec in specs:
+        assert spec.ready or spec.pending_reason, spec.id
+        assert all(row.paper for row in spec.rows), spec.id
+    assert {s.id for s in specs if s.ready} >= {f"deeplabv3.t{n}" for n in (1, 2, 3, 4, 5, 6, 8, 9, 10)}
+
+
+def test_paper_values_are_filled_in() -> None:
+    t5 = load_table("deeplabv3.t5")
+    assert [r.paper["mIoU"] for r in t5.rows] == [75.36, 75.93, 76.58, 76.46, 77.21]
+    assert load_table("fcrn.t1").row("r101_os8_k5_d12").paper == {"pixel_acc": 93.87, "mean_acc": 81.87,
+                                                                   "mIoU": 73.41}
+    assert load_table("prb.t5").row("three").paper == {"size_mb": 202.74, "test_time_s": 1.348, "mIoU": 75.38}
+
+
+def compose_table_rows(profile: str, table_id: str) -> list[str]:
+    """Compose (and validate) every runnable row of a table under a profile; the problems found."""
+    prof, spec, problems = load_profile(profile), load_table(table_id), []
+    for row in (r for r in spec.rows if r.runnable):
+        try:
+            if row.is_eval:
+                compose(eval_overrides(row, prof, Path("/x/last.ckpt")), 0, config_name="eval")
+            else:
+                plan_train_job(spec, row, prof, 0, Path("/x"))
+        except Exception as err:  # collect every failing row, not only the first
+            problems.append(f"{table_id} {row.name} [{profile}]: {type(err).__name__}: {err}")
+    return problems
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_every_ready_row_composes_under_every_profile(profile: str) -> None:
+    """~110 rows per profile: composed in two forked workers (Hydra composition is ~0.1 s per row)."""
+    ready = [s.id for s in load_all() if s.ready]
+    with ProcessPoolExecutor(max_workers=2, mp_context=multiprocessing.get_context("fork")) as pool:
+        problems = [p for found in pool.map(compose_table_rows, [profile] * len(ready), ready) for p in found]
+    assert problems == []
+
+
+def write_spec(root: Path, text: str, paper: str = "demo", name: str = "t1") -> Path:
+    path = root / paper / f"{name}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+GOOD = """
+id: demo.t1
+title: demo
+paper: demo
+dataset: synthetic
+metrics: [mIoU]
+baseline: a
+rows:
+  - name: a
+    overrides: [backbone=resnet18]
+    paper: {mIoU: 50.0}
+  - name: b
+    overrides: [backbone=resnet34]
+    paper: {mIoU: 51.0}
+"""
+
+
+@pytest.mark.parametrize(("old", "new", "key", "message"), [
+    ("    overrides: [backbone=resnet18]", "    overides: [backbone=resnet18]", "rows[0].overides",
+     "did you mean 'overrides'"),
+    ("paper: {mIoU: 51.0}", "paper: {mIoU: fifty}", "rows[1].paper.mIoU", "expected a number"),
+    ("paper: {mIoU: 51.0}", "paper: {pixel_acc: 51.0}", "rows[1].paper.pixel_acc", "not one of the table's metrics"),
+    ("baseline: a", "baseline: z", "baseline", "no row named 'z'"),
+    ("id: demo.t1", "id: demo.t2", "id", "must be 'demo.t1'"),
+    ("[backbone=resnet34]", "[backbone=resnet34, 'head.rates=[1],[2]']", "rows[1].overrides[1]", "is a sweep"),
+    ("[backbone=resnet34]", "[seed=3]", "rows[1].overrides[0]", "set by segexp-table"),
+    ("[backbone=resnet34]", "['~head']", "rows[1].overrides[0]", "deletions"),
+    ("  - name: b\n", "  - name: B\n", "rows[1].name", "must match"),
+    ("metrics: [mIoU]", "metrics: [mIoU, fps]", "metrics[1]", "unknown metric 'fps'"),
+    ("metrics: [mIoU]", "metrics: [mIoU]\nstatus: pending", "pending_reason", "must say which components"),
+    ("    overrides: [backbone=resnet34]", "    eval_of: a\n    overrides: [backbone=resnet34]", "rows[1].overrides",
+     "use eval_overrides"),
+])
+def test_schema_errors_name_the_file_and_the_key(tmp_path: Path, old: str, new: str, key: str, message: str) -> None:
+    assert old in GOOD
+    load_spec(write_spec(tmp_path, GOOD))
+    path = write_spec(tmp_path, GOOD.replace(old, new, 1))
+    with pytest.raises(SpecError) as err:
+        load_spec(path)
+    assert str(err.value).startswith(f"{path}: {key}: "), str(err.value)
+    assert message in str(err.value)
+
+
+def test_profile_errors_name_the_file_and_the_key(tmp_path: Path) -> None:
+    (tmp_path / "odd.yaml").write_text("description: x\noverides: [a=1]\n")
+    with pytest.raises(SpecError, match=r"odd.yaml: overides: unknown key \(did you mean 'overrides'\?\)"):
+        load_profile("odd", root=tmp_path)
+    with pytest.raises(SpecError, match="unknown profile 'nope'"):
+        load_profile("nope", root=tmp_path)
+    with pytest.raises(SpecError, match="unknown table id 'deeplabv3.t99'"):
+        load_table("deeplabv3.t99")
+
+
+# ----------------------------------------------------------------------------- overrides and configs
+
+
+def test_merge_overrides_later_wins_and_reconciles_prefixes() -> None:
+    merged = merge_overrides(["a=1", "b.c=[1,2]", "+d=1", "e=1"], ["a=2", "d=2", "++e=3"], ["b.c=[3]"])
+    assert merged == ["a=2", "++d=2", "++e=3", "b.c=[3]"]
+    assert merge_overrides(["+x=1"], ["+x=2"]) == ["+x=2"]
+    assert merge_overrides(["x=1"], ["~x"]) == ["~x"]
+    assert drop_overrides(["data=1", "data.crop_size=[1]", "database=2", "dataset=voc", "head.x=1"],
+                          ["data", "dataset"]) == ["database=2", "head.x=1"]
+
+
+def test_profile_replaces_protocol_but_keeps_the_row_model() -> None:
+    spec, smoke = load_table("deeplabv3.t8"), load_profile("smoke")
+    overrides = train_overrides(spec, spec.row("crop321"), smoke)
+    cfg = compose(overrides, seed=0)
+    assert cfg.backbone.depth == 101 and list(cfg.backbone.multi_grid) == [1, 2, 4]
+    assert cfg.head.image_pooling is True and cfg.model.bn_momentum == pytest.approx(0.0003)
+    assert list(cfg.data.crop_size) == [64, 64] and cfg.trainer.max_steps == 2
+    assert cfg.dataset._target_.endswith("SyntheticShapes") and cfg.backbone.pretrained is None
+    job = plan_train_job(spec, spec.row("crop321"), smoke, 0, Path("/tmp/unused"))
+    assert job.warnings == ("profile smoke replaces data.crop_size=[321,321] by data.crop_size=[64,64]",)
+    full = compose(train_overrides(spec, spec.row("crop321"), load_profile("full")), seed=0)
+    assert list(full.data.crop_size) == [321, 321] and full.trainer.max_steps == 30000
+    assert full.backbone.pretrained.endswith("pretrained/resnet101.pth")
+
+
+def test_row_file_composes_like_the_command_line(tmp_path: Path) -> None:
+    spec, smoke = load_table("deeplabv3.t5"), load_profile("smoke")
+    overrides = train_overrides(spec, spec.row("mg124_aspp24"), smoke)
+    row_file = tmp_path / "table_row" / "mg124_aspp24" / "seed1.yaml"
+    row_file.parent.mkdir(parents=True)
+    row_file.write_text(row_file_text(overrides, {"seed": 1}))
+    via_file = compose_config(["+table_row=mg124_aspp24/seed1", f"hydra.searchpath=[file://{tmp_path}]",
+                               "output_dir=/x"])
+    direct = compose_config([*overrides, "seed=1", "output_dir=/x"])
+    assert OmegaConf.to_container(via_file, resolve=True) == OmegaConf.to_container(direct, resolve=True)
+
+
+def test_config_hash_ignores_output_paths_and_logger_only() -> None:
+    base = ["experiment=synthetic", "logger=csv"]
+    reference = config_hash(compose(base, seed=0))
+    assert config_hash(compose([*base, "logger=tensorboard"], seed=0)) == reference
+    assert config_hash(compose(base, seed=1)) != reference
+    assert config_hash(compose([*base, "head.channels=32"], seed=0)) != reference
+
+
+def test_protocol_guard_and_own_process_decision() -> None:
+    spec, full = load_table("deeplabv3.t9"), load_profile("full")
+    batch4 = compose(train_overrides(spec, spec.row("batch4"), full), seed=0)
+    assert protocol_warnings(batch4, spec.protocol_of(spec.row("batch4"))) == []
+    assert protocol_warnings(batch4, Protocol(effective_batch=16, max_steps=30000)) == [
+        "effective batch 4 (data.batch_size=4 x 1 devices x 1 accumulated) != paper 16"]
+    accumulated = OmegaConf.create({"data": {"batch_size": 8}, "trainer": {
+        "devices": 1, "num_nodes": 1, "accumulate_grad_batches": 2, "max_steps": 1000}})
+    assert protocol_warnings(accumulated, Protocol(effective_batch=16, max_steps=30000)) == [
+        "trainer.max_steps=1000 != paper 30000 iterations"]
+    ddp = OmegaConf.create({"data": {"batch_size": 8}, "trainer": {"devices": 2, "num_nodes": 1,
+                                                                   "strategy": "ddp"}})
+    single = OmegaConf.create({"data": {"batch_size": 8}, "trainer": {"devices": 1, "strategy": "auto"}})
+    nodes = OmegaConf.create({"data": {"batch_size": 8}, "trainer": {"devices": 1, "num_nodes": 4}})
+    assert needs_own_process(ddp, None) and needs_own_process(ddp, "basic") and needs_own_process(nodes, None)
+    assert not needs_own_process(ddp, "submitit_slurm")  # one SLURM task per device: stays in the sweep
+    assert not needs_own_process(single, None)
+    job = plan_train_job(load_table("pacbal.t3"), load_table("pacbal.t3").row("deeplabv3"), full, 0, Path("/x"))
+    assert job.own_process  # 2 GPUs x 8 images
+
+
+def test_a_table_runs_once_at_a_time(tmp_path: Path) -> None:
+    busy = pytest.raises(SpecError, match=r"\.lock: a run of this table and profile is in progress")
+    with table_lock(tmp_path), busy:
+        run_table(load_table("deeplabv3.t5"), load_profile("smoke"), rows=["mg111"], base_dir=tmp_path)
+    (tmp_path / ".lock").write_text("999999999")  # a killed run's lock is taken over
+    with table_lock(tmp_path):
+        assert (tmp_path / ".lock").read_text() == str(os.getpid())
+    assert not (tmp_path / ".lock").exists()
+
+
+def test_killed_row_resumes_from_last_ckpt_and_old_results_are_kept(tmp_path: Path) -> None:
+    spec, smoke = load_table("deeplabv3.t5"), load_profile("smoke")
+    job = plan_train_job(spec, spec.row("mg111"), smoke, 0, tmp_path)
+    (job.run_dir / "checkpoints").mkdir(parents=True)
+    (job.run_dir / "checkpoints" / "last.ckpt").write_bytes(b"weights")
+    (job.run_dir / "table_row.json").write_text(json.dumps({"config_hash": job.config_hash}))
+    rows_dir = tmp_path / ".table_rows"
+    row_file = rows_dir / "table_row" / "mg111" / "seed0.yaml"
+    for error, resumes in ((None, True), ("KeyboardInterrupt: ", True), ("RuntimeError: boom", False)):
+        if error:
+            (job.run_dir / "error.json").write_text(json.dumps({"error": error}))
+        assert can_resume(job) is resumes
+        prepare(job, spec, smoke, rows_dir, prune=[])
+        assert ("ckpt_path: last" in row_file.read_text()) is resumes
+        assert json.loads((job.run_dir / "table_row.json").read_text())["resumed"] is resumes
+    assert json.loads((job.run_dir / "error.prev.json").read_text())["error"] == "RuntimeError: boom"
+    (job.run_dir / "metrics.json").write_text("{}")  # a finished run under an older config is set aside
+    stale = dataclasses.replace(job, config_hash="other")
+    prepare(stale, spec, smoke, rows_dir, prune=[])
+    assert (job.run_dir / "metrics.prev.json").is_file() and not (job.run_dir / "metrics.json").exists()
+
+
+def test_launch_commands_one_sweep_or_one_process_per_row(tmp_path: Path) -> None:
+    spec, smoke = load_table("deeplabv3.t5"), load_profile("smoke")
+    jobs = [plan_train_job(spec, spec.row(n), smoke, 0, tmp_path) for n in ("mg111", "mg121")]
+    sweep = sweep_command("train", jobs, tmp_path, tmp_path / ".rows", "submitit_slurm", ["hydra.launcher.partition=x"])
+    assert sweep[1:5] == ["-m", "segexp.train", "-m", "+table_row=mg111/seed0,mg121/seed0"]
+    assert "hydra.sweep.subdir=${hydra:runtime.choices.table_row}" in sweep and "hydra/launcher=submitit_slurm" in sweep
+    assert sweep[-1] == "hydra.launcher.partition=x" and f"hydra.sweep.dir={tmp_path}" in sweep
+    single = single_command(jobs[0], tmp_path / ".rows", [])
+    assert "-m" not in single[3:] and f"hydra.run.dir={tmp_path}/mg111/seed0" in single
+    assert "+table_row=mg111/seed0" in single
+
+
+# ----------------------------------------------------------------------------- verdicts and reports
+
+
+@pytest.mark.parametrize(("paper_delta", "row", "base", "expected"), [
+    (+0.6, [2.0, 2.2, 1.8], [1.0, 1.1, 0.9], REPRODUCED),   # d = 1.0, SE = 0.129
+    (-0.6, [2.0, 2.2, 1.8], [1.0, 1.1, 0.9], OPPOSITE),
+    (0.0, [2.0, 2.2, 1.8], [1.0, 1.1, 0.9], OPPOSITE),
+    (+0.6, [1.0, 2.0], [1.2, 1.8], WITHIN_NOISE),           # d = 0
+    (+0.6, [1.0, 3.0], [0.0, 0.0], WITHIN_NOISE),           # d = 2.0 = 2 x SE (SE = 1): not beyond the margin
+    (+0.6, [1.0, 3.1], [0.0, 0.0], WITHIN_NOISE),           # d = 2.05, SE = 1.05: 2.05 <= 2.10
+    (+0.6, [2.0, 2.0], [0.0, 0.0], REPRODUCED),             # no spread at all: any difference counts
+    (+0.6, [5.0], [1.0, 1.1], SINGLE_SEED),
+    (+0.6, [5.0, 5.1], [1.0], SINGLE_SEED),
+])
+def test_verdict_rule_known_answers(paper_delta: float, row: list[float], base: list[float], expected: str) -> None:
+    assert verdict(paper_delta, row, base) == expected
+
+
+def fabricate(base_dir: Path, row: str, seed: int, values: dict[str, Any], config_hash_: str = "h") -> Path:
+    run_dir = base_dir / row / f"seed{seed}"
+    run_dir.mkdir(parents=True)
+    metrics = {"pixel_acc": 0.9, "mean_acc": 0.8, "per_class_iou": {}, "steps": 2, "wall_s": 10.0,
+               "effective_batch": 2, "device": "cpu", "git_commit": "abc1234", "run_dir": str(run_dir), **values}
+    (run_dir / "metrics.json").write_text(json.dumps(metrics))
+    (run_dir / "table_row.json").write_text(json.dumps({"config_hash": config_hash_, "warnings": [],
+                                                        "written_at": "2026-01-01T00:00:00"}))
+    return run_dir
+
+
+def test_report_from_fabricated_runs(tmp_path: Path) -> None:
+    spec, smoke = load_table("deeplabv3.t5"), load_profile("smoke")
+    base_dir = tmp_path / "runs"
+    for seed, (a, b) in enumerate(((0.70, 0.75), (0.72, 0.76), (0.71, 0.77))):
+        fabricate(base_dir, "mg111", seed, {"mIoU": a})
+        fabricate(base_dir, "mg121", seed, {"mIoU": b})
+    fabricate(base_dir, "mg124", 0, {"mIoU": 0.5})
+    failed = base_dir / "mg124_aspp24" / "seed0"
+    failed.mkdir(parents=True)
+    (failed / "error.json").write_text(json.dumps({"error": "RuntimeError: boom", "step": 1, "traceback": ""}))
+    paths = write_report(spec, smoke, base_dir=base_dir, results_dir=tmp_path / "results")
+    assert {p.name for p in paths.values()} == {f"deeplabv3.t5.smoke.{s}" for s in ("md", "csv", "png")}
+    md = paths["md"].read_text()
+    assert "| `mg111` MG(1,1,1) ASPP(6,12,18) | 75.36 | 71.00 ± 1.00 (n=3) | -4.36 |" in md
+    assert "| `mg121` MG(1,2,1) ASPP(6,12,18) | 75.93 | 76.00 ± 1.00 (n=3) | +0.07 | mg111 | +0.57 | +5.00 | " \
+           "reproduced |" in md
+    assert "| 76.58 | 50.00 | -26.58 | mg111 | +1.22 | -21.00 | single seed |" in md
+    assert "failed: seed0: RuntimeError: boom" in md and "| 77.21 | missing |" in md
+    assert VERDICT_RULE in md
+    rows = {r["row"]: r for r in csv.DictReader(paths["csv"].open())}
+    assert float(rows["mg121"]["measured_delta"]) == pytest.approx(5.0)
+    assert rows["mg121"]["verdict"] == REPRODUCED and rows["mg124_aspp24"]["status"] == "failed"
+    assert paths["png"].read_bytes()[:4] == b"\x89PNG"
+    assert not list((tmp_path / "results").glob("*.tmp"))
+
+
+def test_report_of_a_delta_table_and_stale_seeds(tmp_path: Path) -> None:
+    spec, smoke = load_table("pacbal.t2"), load_profile("smoke")
+    base_dir = tmp_path / "runs"
+    fabricate(base_dir, "deeplabv3", 0, {"mIoU": 0.70})
+    fabricate(base_dir, "pac_1_3_5_7_9_sum", 0, {"mIoU": 0.705})
+    old = fabricate(base_dir, "pac_1_3_5_7_9_sum", 1, {"mIoU": 0.9}, config_hash_="old")
+    (old / "table_row.json").write_text(json.dumps({"config_hash": "old", "written_at": "2025-01-01T00:00:00"}))
+    md = write_report(spec, smoke, base_dir=base_dir, results_dir=tmp_path)["md"].read_text()
+    assert "| `pac_1_3_5_7_9_sum` 5 rates (1,3,5,7,9), sum | +0.29 | +0.50 | +0.21 | deeplabv3 | +0.29 | +0.50 |" in md
+    assert "ignored seeds run under an older config: [1]" in md
+    assert "status: **pending**" in md and "| pending: needs the PAC head" in md
+
+
+def test_relative_time_is_wall_time_over_the_baselines(tmp_path: Path) -> None:
+    spec, full = load_table("deeplabv3.t11"), load_profile("full")
+    fabricate(tmp_path, "workers1", 0, {"mIoU": 0.77, "wall_s": 100.0})
+    fabricate(tmp_path, "workers2", 0, {"mIoU": 0.77, "wall_s": 50.0})
+    rows = {(r["row"], r["metric"]): r for r in csv.DictReader(
+        write_report(spec, full, base_dir=tmp_path, results_dir=tmp_path)["csv"].open())}
+    assert float(rows["workers1", "relative_time"]["measured"]) == 1.0
+    assert float(rows["workers2", "relative_time"]["measured"]) == 0.5
+    assert float(rows["workers2", "relative_time"]["delta_vs_paper"]) == 0.0
+
+
+def test_size_and_speed_are_added_to_metrics_json(tmp_path: Path) -> None:
+    text = GOOD.replace("paper: {mIoU: 50.0}", "measure: [size_mb, test_time_s]\n    paper: {mIoU: 50.0}")
+    text = text.replace("[backbone=resnet18]", "[backbone=resnet18, head=fcn]")
+    path = write_spec(tmp_path, text.replace("metrics: [mIoU]", "metrics: [mIoU, size_mb, test_time_s]"))
+    spec = load_spec(path)
+    job = plan_train_job(spec, spec.row("a"), load_profile("smoke"), 0, tmp_path)
+    job.run_dir.mkdir(parents=True)
+    (job.run_dir / "metrics.json").write_text(json.dumps({"mIoU": 0.5}))
+    assert add_measurements(job)
+    metrics = json.loads((job.run_dir / "metrics.json").read_text())
+    params = sum(p.numel() for p in ResNet(depth=18).parameters()) + 512 * 6 + 6  # + the 1x1 classifier
+    assert metrics["size_mb"] == round(params * 4 / 2**20, 2) and metrics["test_time_s"] > 0
+    assert metrics["test_image_size"] == [64, 64] and metrics["mIoU"] == 0.5
+    assert not add_measurements(job)  # already there: nothing recomputed
+
+
+def test_list_shows_every_table_with_status(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["list"]) == 0
+    out = capsys.readouterr().out
+    for spec in load_all():
+        assert re.search(rf"^{re.escape(spec.id)}\s+{spec.status}\s+{len(spec.rows)}\s", out, re.M), spec.id
+    assert cli.main(["run", "prb.t1", "--dry-run"]) == 2  # pending tables are refused, naming why
+    assert PENDING in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- the runner end to end
+
+
+@pytest.fixture
+def one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Training subprocesses use one OpenMP thread: on a busy 2-core machine, 2 threads contending with
+    other processes make these tiny runs ~10x slower (spinning OpenMP barriers)."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_rerun_after_a_kill_runs_only_the_missing_rows(tmp_path: Path) -> None:
+    """fcrn.t1's two ResNet-50 rows plus an eval-only row under smoke; then one row's result is lost."""
+    spec = load_table("fcrn.t1")
+    eval_row = Row(name="os16_at_os8", paper={"mIoU": 0.0}, eval_of="r50_os16_k3_d6",
+                   eval_overrides=("model.eval_output_stride=8",))
+    spec = dataclasses.replace(spec, rows=(spec.row("r50_os16_k3_d6"), spec.row("r50_os8_k3_d6"), eval_row))
+    smoke, base_dir = load_profile("smoke"), tmp_path / "table"
+    first = run_table(spec, smoke, base_dir=base_dir, quiet=True)
+    assert first.ok, first.failed
+    assert sorted(first.ran) == ["os16_at_os8/seed0", "r50_os16_k3_d6/seed0", "r50_os8_k3_d6/seed0"]
+    kept, lost = base_dir / "r50_os16_k3_d6" / "seed0", base_dir / "r50_os8_k3_d6" / "seed0"
+    evaluated = json.loads((base_dir / "os16_at_os8" / "seed0" / "metrics.json").read_text())
+    assert evaluated["ckpt"].endswith("r50_os16_k3_d6/seed0/checkpoints/last.ckpt")
+    assert not list(kept.glob("checkpoints/*.ckpt"))  # smoke keeps no checkpoints once evaluated
+    mtime = (kept / "metrics.json").stat().st_mtime_ns
+    (lost / "metrics.json").unlink()  # as if killed before the row finished
+
+    second = run_table(spec, smoke, base_dir=base_dir, quiet=True)
+    assert second.ok, second.failed
+    assert second.ran == ["r50_os8_k3_d6/seed0"]
+    assert sorted(second.skipped) == ["os16_at_os8/seed0", "r50_os16_k3_d6/seed0"]
+    assert (kept / "metrics.json").stat().st_mtime_ns == mtime
+    assert (lost / "metrics.json").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("table_id", [s.id for s in load_all() if s.ready])
+def test_every_ready_table_runs_under_smoke(table_id: str, tmp_path: Path) -> None:
+    spec, smoke = load_table(table_id), load_profile("smoke")
+    result = run_table(spec, smoke, base_dir=tmp_path / "runs", quiet=True)
+    assert result.ok, result.failed
+    expected = {f"{r.name}/seed0" for r in spec.rows if r.runnable}
+    assert set(result.ran) == expected
+    md = write_report(spec, smoke, base_dir=tmp_path / "runs", results_dir=tmp_path)["md"].read_text()
+    assert md.count("| missing") == 0 and md.count("| failed") == 0
+
+
+@pytest.mark.slow
+def test_distributed_row_runs_as_its_own_process(tmp_path: Path) -> None:
+    """A 2-rank DDP row (gloo on CPU) is launched as one plain process; Lightning starts the second rank."""
+    spec = dataclasses.replace(load_table("fcrn.t1"), rows=(load_table("fcrn.t1").row("r50_os16_k3_d6"),))
+    extra = ["trainer.strategy=ddp", "trainer.devices=2"]
+    result = run_table(spec, load_profile("smoke"), base_dir=tmp_path, extra=extra, quiet=True)
+    assert result.ok, result.failed
+    metrics = json.loads((tmp_path / "r50_os16_k3_d6" / "seed0" / "metrics.json").read_text())
+    assert metrics["world_size"] == 2 and metrics["effective_batch"] == 4
+    assert [p.name for p in (tmp_path / "_logs").iterdir()][0].startswith("train-r50_os16_k3_d6-seed0-")
