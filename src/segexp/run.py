@@ -15,7 +15,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 from pytorch_lightning.loggers import Logger, WandbLogger
 
 from segexp.config import REPO_ROOT
@@ -75,10 +75,11 @@ def effective_sync_batchnorm(cfg: DictConfig) -> bool:
 
 
 def _count_devices(devices: Any) -> int:
-    if isinstance(devices, (list, tuple)) or hasattr(devices, "__len__") and not isinstance(devices, str):
-        return len(devices)
+    """Lightning's ``devices``: a count, a list of ids, or a comma-separated string of ids."""
     if isinstance(devices, str):
         return len([d for d in devices.split(",") if d.strip()])
+    if hasattr(devices, "__len__"):  # list, tuple or ListConfig of device ids
+        return len(devices)
     return int(devices)
 
 
@@ -146,7 +147,6 @@ def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
 
 def output_dir_of(cfg: DictConfig) -> Path:
     """``cfg.output_dir`` (the Hydra run dir by default), created if needed."""
-    with open_dict(cfg):
-        path = Path(str(cfg.output_dir)).resolve()
+    path = Path(str(cfg.output_dir)).resolve()
     path.mkdir(parents=True, exist_ok=True)
     return path
