@@ -155,15 +155,25 @@ CITYSCAPES_LABEL_IDS = [0, 1, 7, 8, 11, 24, 26, 33, 34]
 """Raw labelIds written to every Cityscapes fixture label (34 = an id beyond the table)."""
 
 
-def make_cityscapes(tmp: Path, mode: str = "fine", splits: tuple[str, ...] = ("train", "val")) -> Path:
-    """Cityscapes layout (``leftImg8bit`` + ``gtFine``/``gtCoarse``), two cities per split."""
+def make_cityscapes(
+    tmp: Path,
+    mode: str = "fine",
+    splits: tuple[str, ...] = ("train", "val"),
+    cities: tuple[str, ...] = ("aachen", "bremen"),
+    label_ids: list[int] | None = None,
+) -> Path:
+    """Cityscapes layout (``leftImg8bit`` + ``gtFine``/``gtCoarse``), one image per city and split.
+
+    Labels are column bands of ``label_ids`` (default :data:`CITYSCAPES_LABEL_IDS`); calling it again with
+    the same ``tmp`` adds splits (e.g. coarse ``train_extra`` beside fine ``train``) to the same root.
+    """
     root = tmp / "cityscapes"
     folder = "gtFine" if mode == "fine" else "gtCoarse"
     for split in splits:
-        for i, city in enumerate(("aachen", "bremen")):
+        for i, city in enumerate(cities):
             stem = f"{city}_{i:06d}_000019"
             write_rgb(root / "leftImg8bit" / split / city / f"{stem}_leftImg8bit.png", random_image(i))
             label_dir = root / folder / split / city
-            write_gray(label_dir / f"{stem}_{folder}_labelIds.png", stripes_label(CITYSCAPES_LABEL_IDS))
+            write_gray(label_dir / f"{stem}_{folder}_labelIds.png", stripes_label(label_ids or CITYSCAPES_LABEL_IDS))
             write_gray(label_dir / f"{stem}_{folder}_instanceIds.png", np.zeros((HEIGHT, WIDTH)))
     return root

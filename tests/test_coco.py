@@ -157,6 +157,21 @@ def test_conversion_cli_labels_selection_and_dataset(tmp_path: Path, capsys: pyt
     assert (root / "voc_labels" / "train2017.txt").stat().st_mtime_ns == before
 
 
+def test_split_union_of_converted_splits(tmp_path: Path) -> None:
+    root = make_coco(tmp_path)
+    assert main(["--root", str(root), "--splits", "train2017"]) == 0
+    (root / "voc_labels" / "val2017.txt").write_text("000000000009 700\n000000000008 50\n")  # as if converted
+    union = COCOVOC(root, split="val+train", min_region_pixels=30)
+    assert [str(image.relative_to(root)) for image, _ in union.samples] == [
+        "val2017/000000000009.jpg", "val2017/000000000008.jpg", "train2017/000000000001.jpg"
+    ]
+    assert union.samples[0][1] == root / "voc_labels" / "val2017" / "000000000009.png"
+    with pytest.raises(DatasetError, match=r"COCOVOC: split 'train' of 'val\+train' under .* yields no samples"):
+        COCOVOC(root, split="val+train", min_region_pixels=600)  # val keeps 000000000009, train keeps none
+    with pytest.raises(DatasetError, match=r"split 'train\+train2017' lists image .*000000000001.jpg in both"):
+        COCOVOC(root, split="train+train2017", min_region_pixels=0)
+
+
 def test_converted_layout_errors_name_the_files(tmp_path: Path) -> None:
     root = make_coco(tmp_path)
     with pytest.raises(DatasetError, match=r"voc_labels/train2017.txt not found; convert"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -11,8 +12,16 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
+from segexp.builders import build_datamodule, validate
 from segexp.datasets.ade20k import ADE20K
-from segexp.datasets.base import IGNORE_INDEX, DatasetError, load_image, load_label
+from segexp.datasets.base import (
+    IGNORE_INDEX,
+    DatasetError,
+    SegmentationDataset,
+    check_split,
+    load_image,
+    load_label,
+)
 from segexp.datasets.camvid import CamVid
 from segexp.datasets.cityscapes import TRAIN_ID_LUT, Cityscapes
 from segexp.datasets.sbd import aug_splits, convert_sbd, main
@@ -178,14 +187,165 @@ def test_cityscapes_label_ids_to_train_ids(tmp_path: Path) -> None:
 
 
 def test_cityscapes_coarse_mode(tmp_path: Path) -> None:
-    root = make_cityscapes(tmp_path, mode="coarse", splits=("train_extra",))
+    root = make_cityscapes(tmp_path, mode="coarse", splits=("train", "train_extra"))
     dataset = Cityscapes(root, "train_extra", mode="coarse")
-    assert dataset.samples[0][1].name.endswith("_gtCoarse_labelIds.png")
+    assert dataset.samples[0][1] == (
+        root / "gtCoarse" / "train_extra" / "aachen" / "aachen_000000_000019_gtCoarse_labelIds.png"
+    )
     assert dataset[0]["label"].shape == (HEIGHT, WIDTH)
-    with pytest.raises(DatasetError, match="unknown split 'train_extra'"):
-        Cityscapes(root, "train_extra", mode="fine")
-    with pytest.raises(DatasetError, match="unknown mode"):
+    assert Cityscapes(root, "train", mode="coarse").samples[1][1].name == "bremen_000001_000019_gtCoarse_labelIds.png"
+    with pytest.raises(DatasetError, match=r"Cityscapes \(coarse\): unknown split 'test'; expected one of"):
+        Cityscapes(root, "test", mode="coarse")
+    with pytest.raises(DatasetError, match="unknown mode 'medium'"):
         Cityscapes(root, "train", mode="medium")
+
+
+FINE_IDS = CITYSCAPES_LABEL_IDS
+COARSE_IDS = [7, 0, 26, 24]
+"""labelIds of the coarse fixture labels (road, unlabeled, car, person): different from the fine ones."""
+
+
+def test_cityscapes_fine_union_reads_coarse_labels_for_train_extra_only(tmp_path: Path) -> None:
+    """DeepLabv3 Table 13: ``mode=fine``, ``train+val+train_extra`` = fine trainval + coarse train_extra."""
+    root = make_cityscapes(tmp_path, mode="fine", splits=("train", "val"))
+    make_cityscapes(tmp_path, mode="coarse", splits=("train", "val"), label_ids=COARSE_IDS)  # must stay unread
+    make_cityscapes(tmp_path, mode="coarse", splits=("train_extra",), cities=("augsburg",), label_ids=COARSE_IDS)
+    dataset = Cityscapes(root, "train+val+train_extra", mode="fine")
+    assert dataset.split == "train+val+train_extra" and dataset.has_labels
+    assert [(str(image.relative_to(root)), str(label.relative_to(root))) for image, label in dataset.samples] == [
+        ("leftImg8bit/train/aachen/aachen_000000_000019_leftImg8bit.png",
+         "gtFine/train/aachen/aachen_000000_000019_gtFine_labelIds.png"),
+        ("leftImg8bit/train/bremen/bremen_000001_000019_leftImg8bit.png",
+         "gtFine/train/bremen/bremen_000001_000019_gtFine_labelIds.png"),
+        ("leftImg8bit/val/aachen/aachen_000000_000019_leftImg8bit.png",
+         "gtFine/val/aachen/aachen_000000_000019_gtFine_labelIds.png"),
+        ("leftImg8bit/val/bremen/bremen_000001_000019_leftImg8bit.png",
+         "gtFine/val/bremen/bremen_000001_000019_gtFine_labelIds.png"),
+        ("leftImg8bit/train_extra/augsburg/augsburg_000000_000019_leftImg8bit.png",
+         "gtCoarse/train_extra/augsburg/augsburg_000000_000019_gtCoarse_labelIds.png"),
+    ]  # fmt: skip
+    fine_train_ids = [255, 255, 0, 1, 2, 11, 13, 18, 255]  # ids 0, 1, 7, 8, 11, 24, 26, 33, 34
+    assert _band_values(dataset[0]["label"], len(FINE_IDS)) == fine_train_ids
+    assert _band_values(dataset[3]["label"], len(FINE_IDS)) == fine_train_ids
+    assert _band_values(dataset[4]["label"], len(COARSE_IDS)) == [0, 255, 13, 11]  # ids 7, 0, 26, 24
+    assert len(Cityscapes(root, "train_extra", mode="fine")) == 1
+    coarse = Cityscapes(root, "train+train_extra", mode="coarse")
+    assert [label.parts[-4] for _, label in coarse.samples] == ["gtCoarse"] * 3
+    assert _band_values(coarse[0]["label"], len(COARSE_IDS)) == [0, 255, 13, 11]
+
+
+def test_cityscapes_table13_training_split_from_the_command_line(tmp_path: Path, make_cfg) -> None:
+    root = make_cityscapes(tmp_path, mode="fine", splits=("train", "val"))
+    make_cityscapes(tmp_path, mode="coarse", splits=("train_extra",), cities=("augsburg",), label_ids=COARSE_IDS)
+    cfg = make_cfg("dataset=cityscapes", f"dataset.root={root}", "dataset.mode=fine",
+                   "data.train_split=train+val+train_extra", base=["data.num_workers=0"])
+    validate(cfg)
+    datamodule = build_datamodule(cfg)
+    dataset = datamodule.split_dataset(datamodule.train_split, train=True)
+    assert dataset.split == "train+val+train_extra" and len(dataset) == 5
+    assert [label.parts[-4] for _, label in dataset.samples] == ["gtFine"] * 4 + ["gtCoarse"]
+
+
+def test_cityscapes_test_split_is_unlabelled(tmp_path: Path) -> None:
+    root = make_cityscapes(tmp_path, mode="fine", splits=("val", "test"))  # writes dummy gtFine/test files too
+    test = Cityscapes(root, "test")
+    assert [(image.name, label) for image, label in test.samples] == [
+        ("aachen_000000_000019_leftImg8bit.png", None), ("bremen_000001_000019_leftImg8bit.png", None)
+    ]
+    assert not test.has_labels and Cityscapes(root, "val").has_labels
+    sample = test[1]
+    np.testing.assert_array_equal(sample["image"].permute(1, 2, 0).numpy(), random_image(1))
+    assert sample["label"].shape == (HEIGHT, WIDTH) and bool((sample["label"] == IGNORE_INDEX).all())
+
+
+# ---------------------------------------------------------------- split unions
+
+
+class Listed(SegmentationDataset):
+    """A dataset whose splits are the given lists of ``(image, label)`` names under ``root``."""
+
+    CLASSES = ("a", "b")
+    SPLITS: dict[str, list[tuple[str, str | None]]] = {
+        "train": [("t1.png", "t1_l.png"), ("t2.png", "t2_l.png")],
+        "val": [("v1.png", "v1_l.png")],
+        "extra": [("e1.png", "e1_l.png"), ("e2.png", "e2_l.png"), ("e3.png", "e3_l.png")],
+        "empty": [],
+        "test": [("x1.png", None)],
+        "overlap": [("v1.png", "other_l.png")],
+    }
+
+    def list_samples(self, split: str) -> list[tuple[Path, Path | None]]:
+        check_split(split, self.SPLITS, "Listed")
+        listed = self.SPLITS[split]
+        return [(self.root / image, None if label is None else self.root / label) for image, label in listed]
+
+
+def _names(dataset: SegmentationDataset) -> list[str]:
+    return [image.name for image, _ in dataset.samples]
+
+
+def test_split_union_concatenates_the_parts_in_the_given_order(tmp_path: Path) -> None:
+    (tmp_path / "marker").write_text("x")
+    union = Listed(tmp_path, "val+extra+train")
+    assert _names(union) == ["v1.png", "e1.png", "e2.png", "e3.png", "t1.png", "t2.png"]
+    assert union.samples[1] == (tmp_path / "e1.png", tmp_path / "e1_l.png")
+    assert union.split == "val+extra+train" and repr(union) == "Listed(split='val+extra+train', samples=6, classes=2)"
+    assert union.has_labels and not Listed(tmp_path, "test").has_labels
+    assert _names(Listed(tmp_path, "train")) == ["t1.png", "t2.png"]
+
+
+def test_split_union_errors_name_the_split(tmp_path: Path) -> None:
+    (tmp_path / "marker").write_text("x")
+    with pytest.raises(DatasetError, match=r"Listed: split 'train\+val\+train' lists 'train' more than once"):
+        Listed(tmp_path, "train+val+train")
+    for split in ("train+", "+train", "train++val", "+"):
+        with pytest.raises(DatasetError, match=rf"Listed: split '{re.escape(split)}' has an empty part"):
+            Listed(tmp_path, split)
+    with pytest.raises(DatasetError, match=r"unknown split 'vall'; expected one of .* \(in split 'train\+vall'\)"):
+        Listed(tmp_path, "train+vall")
+    with pytest.raises(DatasetError, match=r"^Listed: unknown split 'vall'; expected one of \('train', 'val'"):
+        Listed(tmp_path, "vall")  # a plain split keeps the message it always had
+    with pytest.raises(DatasetError, match=r"^Listed: unknown split ''; expected one of"):
+        Listed(tmp_path, "")
+    with pytest.raises(DatasetError, match=r"Listed: split 'empty' of 'train\+empty' under .* yields no samples"):
+        Listed(tmp_path, "train+empty")
+    with pytest.raises(DatasetError, match=r"Listed: split 'empty' under .* yields no samples"):
+        Listed(tmp_path, "empty")
+    with pytest.raises(DatasetError, match=r"split 'val\+overlap' lists image .*v1.png in both 'val' and 'overlap'"):
+        Listed(tmp_path, "val+overlap")
+    with pytest.raises(DatasetError, match=r"split 'val\+test' joins labelled parts \['val'\] with unlabelled parts"):
+        Listed(tmp_path, "val+test")
+
+
+TRAIN_3 = [("train", 0), ("train", 1), ("train", 2)]
+
+
+def test_every_dataset_accepts_split_unions(tmp_path: Path) -> None:
+    camvid = CamVid(make_camvid(tmp_path), "val+train")
+    assert _names(camvid) == [f"0001TP_{split}_{i:04d}.png" for split, i in [("val", 0), ("val", 1), *TRAIN_3]]
+    assert _band_values(camvid[2]["label"], 12) == [*range(11), IGNORE_INDEX]
+
+    ade = ADE20K(make_ade20k(tmp_path), "train+val")
+    assert _names(ade) == ["ADE_train_00000001.jpg", "ADE_train_00000002.jpg", "ADE_val_00000001.jpg",
+                           "ADE_val_00000002.jpg"]
+    assert ade.samples[3][1].parent.name == "validation"
+
+    voc_root = make_voc(tmp_path)
+    voc = VOC(voc_root, "val+train")
+    assert _names(voc) == [f"{n}.jpg" for n in VOC_VAL + VOC_TRAIN] and voc.split == "val+train"
+    np.testing.assert_array_equal(voc[2]["label"].numpy(), voc_label(0))  # the first train image
+    with pytest.raises(DatasetError, match=rf"split 'train\+trainval' lists image .*{VOC_TRAIN[0]}.jpg in both"):
+        VOC(voc_root, "train+trainval")
+
+    aug_sets = voc_root / "ImageSets" / "SegmentationAug"
+    aug_sets.mkdir(parents=True)
+    (aug_sets / "train_aug.txt").write_text("".join(f"{n}\n" for n in VOC_TRAIN))
+    (aug_sets / "val.txt").write_text("".join(f"{n}\n" for n in VOC_VAL))
+    aug = VOCAug(voc_root, "train+val")
+    assert _names(aug) == [f"{n}.jpg" for n in VOC_TRAIN + VOC_VAL]
+    assert aug.samples[0][1] == voc_root / "SegmentationClassAug" / f"{VOC_TRAIN[0]}.png"
+    with pytest.raises(DatasetError, match=r"split 'train\+train_aug' lists image .* in both 'train' and 'train_aug'"):
+        VOCAug(voc_root, "train+train_aug")  # an alias and its split are the same images
 
 
 # ---------------------------------------------------------------- errors
@@ -294,6 +454,21 @@ def test_synthetic_is_deterministic_and_splits_differ() -> None:
     assert not torch.equal(a["image"], SyntheticShapes("train", num_images=10, seed=1)[3]["image"])
     with pytest.raises(IndexError):
         train[10]
+
+
+def test_synthetic_split_union_holds_each_parts_scenes() -> None:
+    train, val = SyntheticShapes("train", num_images=3), SyntheticShapes("val", num_images=3)
+    union = SyntheticShapes("val+train", num_images=3)
+    assert len(union) == 6 and union.split == "val+train" and union.has_labels
+    for index, (part, within) in enumerate([(val, 0), (val, 1), (val, 2), (train, 0), (train, 1), (train, 2)]):
+        assert torch.equal(union[index]["image"], part[within]["image"])
+        assert torch.equal(union[index]["label"], part[within]["label"])
+    with pytest.raises(IndexError):
+        union[6]
+    with pytest.raises(DatasetError, match=r"SyntheticShapes: split 'train\+train' lists 'train' more than once"):
+        SyntheticShapes("train+train")
+    with pytest.raises(DatasetError, match=r"SyntheticShapes: split 'train\+' has an empty part"):
+        SyntheticShapes("train+")
 
 
 def test_synthetic_scenes_hold_all_classes() -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -11,11 +13,14 @@ import torch
 from PIL import Image
 
 from segexp.callbacks import SavePredictions
-from segexp.datasets.base import load_label
+from segexp.config import ConfigError
+from segexp.datasets.base import IGNORE_INDEX, load_label
 from segexp.datasets.cityscapes import Cityscapes
 from segexp.datasets.voc import VOC, VOC_PALETTE
-from segexp.evaluate import run_evaluation
+from segexp.evaluate import hydra_result, run_evaluation
+from segexp.info import compose_config
 from segexp.metrics import confusion_matrix_metric, metrics_from_confusion
+from segexp.run import write_json_atomic
 from segexp.submission import TRAIN_ID_TO_LABEL_ID, palette_png, submission_name
 from segexp.train import run_training
 from tests.fixtures import HEIGHT, WIDTH, make_cityscapes, make_voc, random_image, write_rgb
@@ -79,19 +84,40 @@ def test_predictions_must_be_class_maps() -> None:
         palette_png(np.full((2, 2), 21), VOC_PALETTE)
 
 
-def test_segexp_eval_save_predictions_writes_server_pngs_that_reproduce_the_metrics(make_cfg, tmp_path) -> None:
-    root = make_voc(tmp_path)
-    base = ["backbone=resnet18", "head=fcn", "dataset=voc", f"dataset.root={root}", "logger=csv",
-            "data.num_workers=0", "data.crop_size=[24,32]", "data.batch_size=2", "trainer.max_steps=1",
-            "trainer.val_check_interval=1", "trainer.enable_progress_bar=false", "backbone.output_stride=8"]
-    train_cfg = make_cfg(base=base)
-    run_training(train_cfg)
-    ckpt = Path(train_cfg.output_dir) / "checkpoints" / "last.ckpt"
+VOC_TEST = ["2009_000020", "2009_000021"]
+VOC_TRAIN_RUN = ["backbone=resnet18", "head=fcn", "dataset=voc", "logger=csv", "data.num_workers=0",
+                 "data.crop_size=[24,32]", "data.batch_size=2", "trainer.max_steps=1", "trainer.val_check_interval=1",
+                 "trainer.enable_progress_bar=false", "backbone.output_stride=8"]
+
+
+@pytest.fixture(scope="module")
+def voc_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """``(VOC2012 root, checkpoint)``: a VOC fixture tree with an unlabelled test split and a 1-step resnet18
+    checkpoint trained on it (21 VOC classes)."""
+    tmp = tmp_path_factory.mktemp("voc_run")
+    root = make_voc(tmp)
+    add_voc_test_split(root, VOC_TEST)
+    run_training(compose_config([*VOC_TRAIN_RUN, f"dataset.root={root}", f"output_dir={tmp / 'train'}"]))
+    return root, tmp / "train" / "checkpoints" / "last.ckpt"
+
+
+def strict_json(path: Path) -> dict:
+    """The JSON object in ``path``; fails on NaN / Infinity tokens, which JSON does not have."""
+
+    def reject(token: str) -> None:
+        raise ValueError(f"{path} holds the non-JSON token {token}")
+
+    return json.loads(path.read_text(), parse_constant=reject)
+
+
+def test_segexp_eval_save_predictions_writes_server_pngs_that_reproduce_the_metrics(voc_run, make_cfg) -> None:
+    root, ckpt = voc_run
     eval_cfg = make_cfg(f"ckpt={ckpt}", "save_predictions=true", base=["data.num_workers=0"], config_name="eval")
     metrics = run_evaluation(eval_cfg)
 
     out = Path(eval_cfg.output_dir) / "predictions"
-    assert json.loads((Path(eval_cfg.output_dir) / "metrics.json").read_text())["predictions_dir"] == str(out)
+    saved = strict_json(Path(eval_cfg.output_dir) / "metrics.json")
+    assert saved["predictions_dir"] == str(out) and saved["num_predictions"] == 2 and saved["labelled"] is True
     assert sorted(p.name for p in out.iterdir()) == ["2007_000010.png", "2008_000011.png"]
     confusion = confusion_matrix_metric(21)
     for name in ("2007_000010", "2008_000011"):
@@ -102,14 +128,62 @@ def test_segexp_eval_save_predictions_writes_server_pngs_that_reproduce_the_metr
         confusion.update(predicted[None], label[None])
     recomputed = metrics_from_confusion(confusion.compute(), VOC.CLASSES)
     assert recomputed["mIoU"] == pytest.approx(metrics["mIoU"], abs=1e-9)
+    assert saved["mIoU"] == pytest.approx(metrics["mIoU"], abs=1e-12) and 0.0 <= saved["mIoU"] <= 1.0
+    assert hydra_result(metrics) == pytest.approx(metrics["mIoU"])
 
-    # the test-server split has images only
-    add_voc_test_split(root, ["2009_000020"])
-    test_cfg = make_cfg(f"ckpt={ckpt}", "save_predictions=true", "data.val_split=test",
-                        base=["data.num_workers=0"], config_name="eval")
-    run_evaluation(test_cfg)
-    with Image.open(Path(test_cfg.output_dir) / "predictions" / "2009_000020.png") as png:
+
+def test_eval_of_a_split_without_labels_writes_predictions_and_no_scores(voc_run, make_cfg, capsys) -> None:
+    _, ckpt = voc_run
+    cfg = make_cfg(f"ckpt={ckpt}", "save_predictions=true", "data.val_split=test", base=["data.num_workers=0"],
+                   config_name="eval")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        metrics = run_evaluation(cfg)
+    assert [str(w.message) for w in caught if not issubclass(w.category, (DeprecationWarning, FutureWarning))] == []
+
+    out = Path(cfg.output_dir) / "predictions"
+    assert sorted(p.name for p in out.iterdir()) == ["2009_000020.png", "2009_000021.png"]
+    with Image.open(out / "2009_000020.png") as png:
         assert png.mode == "P" and png.size == (WIDTH + 4, HEIGHT)
+    saved = strict_json(Path(cfg.output_dir) / "metrics.json")
+    for payload in (saved, metrics):
+        assert payload["labelled"] is False
+        assert (payload["mIoU"], payload["pixel_acc"], payload["mean_acc"]) == (None, None, None)
+        assert payload["per_class_iou"] == dict.fromkeys(VOC.CLASSES) and len(payload["per_class_iou"]) == 21
+        assert payload["predictions_dir"] == str(out) and payload["num_predictions"] == 2
+    assert saved["ckpt"] == str(ckpt.resolve()) and saved["steps"] == 1
+    printed = capsys.readouterr().out
+    assert "split 'test' has no labels: no scores computed" in printed
+    assert f"submit the 2 predictions in {out} to the evaluation server" in printed
+    assert math.isnan(hydra_result(metrics))
+
+
+def test_eval_of_a_split_without_labels_needs_save_predictions(voc_run, make_cfg) -> None:
+    _, ckpt = voc_run
+    cfg = make_cfg(f"ckpt={ckpt}", "data.val_split=test", base=["data.num_workers=0"], config_name="eval")
+    expected = r"^data\.val_split=test: the split has no labels .* pass save_predictions=true"
+    with pytest.raises(ConfigError, match=expected):
+        run_evaluation(cfg)
+    assert not Path(cfg.output_dir).exists()  # failed before any work: no run folder, no model, no trainer
+
+
+def test_metrics_json_writes_non_finite_values_as_null(tmp_path: Path) -> None:
+    payload = {"mIoU": float("nan"), "per_class_iou": {"a": 0.5, "b": float("inf")}, "list": [float("-inf"), 2.0]}
+    write_json_atomic(tmp_path / "metrics.json", payload)
+    assert strict_json(tmp_path / "metrics.json") == {
+        "mIoU": None, "per_class_iou": {"a": 0.5, "b": None}, "list": [None, 2.0]
+    }
+    assert math.isnan(payload["mIoU"])  # the caller's dict is left as it was
+
+
+def test_all_ignore_confusion_gives_nan_scores_and_null_class_ious() -> None:
+    """What the module computes on a split without labels: nothing is counted, so no score is defined."""
+    confusion = confusion_matrix_metric(3)
+    confusion.update(torch.tensor([[0, 1, 2]]), torch.full((1, 3), IGNORE_INDEX))
+    assert int(confusion.compute().sum()) == 0
+    metrics = metrics_from_confusion(confusion.compute(), ("a", "b", "c"))
+    assert all(math.isnan(metrics[key]) for key in ("mIoU", "pixel_acc", "mean_acc"))
+    assert metrics["per_class_iou"] == {"a": None, "b": None, "c": None}
 
 
 def add_voc_test_split(root: Path, names: list[str]) -> None:
@@ -124,6 +198,7 @@ def test_voc_test_split_has_images_without_labels(tmp_path: Path) -> None:
     add_voc_test_split(root, ["2009_000020", "2009_000021"])
     dataset = VOC(root, split="test")
     assert [label for _, label in dataset.samples] == [None, None]
+    assert not dataset.has_labels and VOC(root, split="val").has_labels
     sample = dataset[1]
     assert tuple(sample["image"].shape) == (3, HEIGHT, WIDTH + 4)
     assert sample["label"].shape == (HEIGHT, WIDTH + 4) and bool((sample["label"] == 255).all())

@@ -5,11 +5,19 @@ flags need repeating); the dataset, inference strategy, eval output stride and t
 from the command line when given. The output has the same fields as a training run's.
 With ``save_predictions=true`` every evaluated image's prediction is also written to
 ``<run dir>/predictions/`` in the evaluation server's format (DeepLabv3 Tables 7 and 13;
-see :mod:`segexp.submission`).
+see :mod:`segexp.submission`); ``metrics.json`` then also holds ``predictions_dir`` and
+``num_predictions`` (the PNG files in it).
+
+``"labelled"`` in ``metrics.json`` says whether the split has labels. A split published without them
+(a test-server split such as VOC or Cityscapes ``test``, see ``SegmentationDataset.has_labels``) can only
+be evaluated with ``save_predictions=true``; its ``mIoU``, ``pixel_acc`` and ``mean_acc`` are null and
+``per_class_iou`` maps every class name to null (the same keys as a labelled run), since there is nothing
+to score: the evaluation server computes the scores from the PNGs.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -21,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from segexp.builders import build_datamodule, build_module, validate
 from segexp.callbacks import SavePredictions
 from segexp.config import CONF_DIR, ConfigError
+from segexp.datasets.base import SegmentationDataset
 from segexp.run import (
     build_loggers,
     build_trainer,
@@ -58,11 +67,50 @@ def run_config(cfg: DictConfig, stored: dict[str, Any]) -> DictConfig:
     return run
 
 
+def check_scorable(dataset: SegmentationDataset, split: str, save_predictions: bool) -> None:
+    """Raise :class:`ConfigError` for a split without labels evaluated without ``save_predictions``:
+    such a run would produce nothing (no scores, no predictions)."""
+    if not dataset.has_labels and not save_predictions:
+        raise ConfigError(
+            f"data.val_split={split}: the split has no labels (a test-server split), so there is nothing to "
+            "score; pass save_predictions=true to write its predictions for the evaluation server"
+        )
+
+
+def unlabelled_scores(class_names: tuple[str, ...]) -> dict[str, Any]:
+    """The score fields of metrics.json for a split without labels: all null, nothing was scored."""
+    return {
+        "mIoU": None,
+        "pixel_acc": None,
+        "mean_acc": None,
+        "per_class_iou": dict.fromkeys(class_names),
+    }
+
+
+def count_predictions(out_dir: Path) -> int:
+    """The prediction PNG files in ``out_dir`` (0 when it was never created)."""
+    return sum(1 for _ in out_dir.glob("*.png")) if out_dir.is_dir() else 0
+
+
+def print_summary(metrics: dict[str, Any], split: str, metrics_path: Path) -> None:
+    """The scores, or for a split without labels where its predictions for the evaluation server are."""
+    if metrics["labelled"]:
+        if "predictions_dir" in metrics:
+            print(f"wrote {metrics['num_predictions']} prediction PNGs to {metrics['predictions_dir']}")
+        print(f"mIoU {metrics['mIoU']:.4f} | pixel acc {metrics['pixel_acc']:.4f} | mean acc {metrics['mean_acc']:.4f}")
+    else:
+        print(
+            f"split '{split}' has no labels: no scores computed; submit the {metrics['num_predictions']} "
+            f"predictions in {metrics['predictions_dir']} to the evaluation server"
+        )
+    print(f"metrics: {metrics_path}")
+
+
 def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
+    """Evaluate ``cfg.ckpt`` on ``data.val_split``; write and return the metrics.json payload."""
     checkpoint = load_checkpoint(str(cfg.ckpt))
     run = run_config(cfg, checkpoint["segexp"]["config"])
     validate(run)
-    output_dir = output_dir_of(run)
     datamodule = build_datamodule(run)
     trained_classes = checkpoint["segexp"]["class_names"]
     if list(datamodule.class_names) != list(trained_classes):
@@ -70,6 +118,10 @@ def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
             f"ckpt={cfg.ckpt} predicts {len(trained_classes)} classes {trained_classes[:4]}..., but the "
             f"dataset {datamodule.dataset_class.__name__} has {datamodule.num_classes}"
         )
+    evaluated = datamodule.split_dataset(datamodule.val_split, train=False)  # cached for trainer.validate
+    check_scorable(evaluated, datamodule.val_split, bool(cfg.get("save_predictions")))
+    labelled = evaluated.has_labels
+    output_dir = output_dir_of(run)
     module = build_module(run, datamodule)
     module.load_state_dict(checkpoint["state_dict"])
     loggers = build_loggers(run, output_dir)
@@ -85,19 +137,26 @@ def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
     metrics = metrics_payload(module, trainer, datamodule.batch_size, time.perf_counter() - start, output_dir)
     metrics["steps"] = int(checkpoint.get("global_step", 0))
     metrics["ckpt"] = str(Path(str(cfg.ckpt)).resolve())
+    metrics["labelled"] = labelled
+    if not labelled:
+        metrics.update(unlabelled_scores(datamodule.class_names))
     if saver is not None:
         metrics["predictions_dir"] = str(saver.out_dir)
+        metrics["num_predictions"] = count_predictions(saver.out_dir)
     write_json_atomic(output_dir / "metrics.json", metrics)
-    if saver is not None:
-        print(f"wrote {saver.written} prediction PNGs to {saver.out_dir}")
-    print(f"mIoU {metrics['mIoU']:.4f} | pixel acc {metrics['pixel_acc']:.4f} | mean acc {metrics['mean_acc']:.4f}")
-    print(f"metrics: {output_dir / 'metrics.json'}")
+    print_summary(metrics, datamodule.val_split, output_dir / "metrics.json")
     return metrics
+
+
+def hydra_result(metrics: dict[str, Any]) -> float:
+    """What ``main`` returns to Hydra (e.g. for sweepers): the mIoU, NaN for a split without labels."""
+    score = metrics["mIoU"]
+    return math.nan if score is None else float(score)
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="eval")
 def main(cfg: DictConfig) -> float:
-    return float(run_evaluation(cfg)["mIoU"])
+    return hydra_result(run_evaluation(cfg))
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import warnings
@@ -138,10 +139,25 @@ def _device_name(trainer: pl.Trainer) -> str:
     return root.type
 
 
+def json_safe(value: Any) -> Any:
+    """``value`` with every non-finite float (NaN, +-inf) in it, at any depth, replaced by None (JSON null)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(item) for item in value]
+    return value
+
+
 def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    """Write JSON through a temporary file so a crash never leaves a truncated file behind."""
+    """Write JSON through a temporary file so a crash never leaves a truncated file behind.
+
+    Non-finite floats (e.g. the NaN mIoU of a split without labelled pixels) are written as null: the
+    file stays valid JSON, which has no NaN token.
+    """
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
+    tmp.write_text(json.dumps(json_safe(payload), indent=2, sort_keys=False, allow_nan=False) + "\n")
     os.replace(tmp, path)
 
 

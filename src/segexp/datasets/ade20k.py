@@ -45,14 +45,15 @@ class ADE20K(SegmentationDataset):
     # Distinct colours for visualisation: the VOC bit-spread colour map of ids 1..150.
     PALETTE: ClassVar[tuple[tuple[int, int, int], ...]] = voc_colormap(len(ADE20K_CLASSES) + 1)[1:]
 
-    def list_samples(self) -> list[tuple[Path, Path]]:
-        check_split(self.split, self.SPLIT_DIRS, "ADE20K")
-        folder = self.SPLIT_DIRS[self.split]
+    def list_samples(self, split: str) -> list[tuple[Path, Path | None]]:
+        """``(images/<folder>/<stem>.jpg, annotations/<folder>/<stem>.png)`` of every image of ``split``."""
+        check_split(split, self.SPLIT_DIRS, "ADE20K")
+        folder = self.SPLIT_DIRS[split]
         image_dir = self.root / "images" / folder
         label_dir = self.root / "annotations" / folder
         images = sorted(image_dir.glob("*.jpg"))
         if not images:
-            raise DatasetError(f"ADE20K: no *.jpg images for split {self.split!r} in {image_dir}")
+            raise DatasetError(f"ADE20K: no *.jpg images for split {split!r} in {image_dir}")
         return [(image, label_dir / f"{image.stem}.png") for image in images]
 
     def encode_label(self, label: np.ndarray) -> np.ndarray:

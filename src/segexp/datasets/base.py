@@ -1,9 +1,10 @@
 """Common machinery of every segmentation dataset: file loading, label validation, seeded transforms.
 
 A dataset is a list of ``(image path, label path)`` pairs plus a per-dataset mapping from raw label
-values to training ids (``encode_label``); void pixels are mapped to :data:`IGNORE_INDEX`. Indexing with
-``(index, seed)`` re-seeds the albumentations pipeline first, so the augmented sample is a pure function
-of the pair, which is what makes resumed training bit-exact.
+values to training ids (``encode_label``); void pixels are mapped to :data:`IGNORE_INDEX`. A split may be
+a union of the dataset's splits joined by ``+`` (``"train+val"``): the samples of each part, in order.
+Indexing with ``(index, seed)`` re-seeds the albumentations pipeline first, so the augmented sample is a
+pure function of the pair, which is what makes resumed training bit-exact.
 """
 
 from __future__ import annotations
@@ -108,6 +109,27 @@ def check_split(split: str, allowed: Iterable[str], dataset: str) -> None:
         raise DatasetError(f"{dataset}: unknown split {split!r}; expected one of {allowed}")
 
 
+SPLIT_UNION = "+"
+"""Joins the parts of a split union: ``"train+val+train_extra"``."""
+
+
+def split_parts(split: str, dataset: str) -> list[str]:
+    """The parts of a split union ``"a+b+c"`` in order (a plain split is its only part).
+
+    Raise :class:`DatasetError` naming ``split`` when a part is empty (``"train+"``) or repeated
+    (``"train+train"``).
+    """
+    parts = split.split(SPLIT_UNION)
+    if len(parts) > 1 and not all(parts):
+        raise DatasetError(
+            f"{dataset}: split {split!r} has an empty part; join split names with '{SPLIT_UNION}', e.g. 'train+val'"
+        )
+    repeated = sorted({part for part in parts if parts.count(part) > 1})
+    if repeated:
+        raise DatasetError(f"{dataset}: split {split!r} lists {', '.join(map(repr, repeated))} more than once")
+    return parts
+
+
 def check_root(root: Path, dataset: str) -> None:
     """Raise :class:`DatasetError` unless ``root`` is an existing, non-empty folder."""
     if not root.is_dir():
@@ -132,6 +154,30 @@ def check_label_values(label: np.ndarray, num_classes: int, path: Path) -> np.nd
             f"{IGNORE_INDEX} (after encode_label)"
         )
     return label.astype(np.uint8, copy=False)
+
+
+def check_disjoint(listed: dict[str, list[tuple[Path, Path | None]]], split: str, dataset: str) -> None:
+    """Raise :class:`DatasetError` naming the image and both parts if two parts of ``split`` list one image."""
+    owner: dict[Path, str] = {}
+    for part, samples in listed.items():
+        for image, _ in samples:
+            if image in owner:
+                raise DatasetError(
+                    f"{dataset}: split {split!r} lists image {image} in both {owner[image]!r} and {part!r}; "
+                    "a union's parts must not overlap"
+                )
+            owner[image] = part
+
+
+def check_uniformly_labelled(listed: dict[str, list[tuple[Path, Path | None]]], split: str, dataset: str) -> None:
+    """Raise :class:`DatasetError` if ``split`` joins labelled parts with unlabelled (test-server) ones."""
+    unlabelled = [part for part, samples in listed.items() if all(label is None for _, label in samples)]
+    if unlabelled and len(unlabelled) < len(listed):
+        labelled = [part for part in listed if part not in unlabelled]
+        raise DatasetError(
+            f"{dataset}: split {split!r} joins labelled parts {labelled} with unlabelled parts {unlabelled}; "
+            "evaluate or train on them separately"
+        )
 
 
 def parse_item(item: int | tuple[int, int] | Sequence[int]) -> tuple[int, int | None]:
@@ -159,7 +205,12 @@ class SegmentationDataset(Dataset):
 
     Subclasses set ``CLASSES`` and ``PALETTE``, implement :meth:`list_samples` and, when raw label values
     are not already training ids, :meth:`encode_label`. A split published without annotations (a test-server
-    split) lists ``None`` as its label paths; its labels are all IGNORE_INDEX.
+    split) lists ``None`` as its label paths; its labels are all IGNORE_INDEX and :attr:`has_labels` is False.
+
+    ``split`` may be a union ``"a+b+c"`` of the dataset's splits: the samples are those of each part, in the
+    given order, and ``self.split`` keeps the whole string. Every part must yield samples, no image may be
+    listed by two parts, and labelled and unlabelled parts cannot be mixed (their union would be scored
+    on part of its images only).
 
     Indexing with ``index`` or ``(index, seed)`` returns ``{"image", "label", "index"}``; with a seed the
     transform is re-seeded with exactly ``seed`` first (the caller derives a per-sample seed, e.g. from
@@ -176,18 +227,41 @@ class SegmentationDataset(Dataset):
         self.split = split
         self.transform = transform
         check_root(self.root, type(self).__name__)
-        self.samples: list[tuple[Path, Path | None]] = self.list_samples()
-        if not self.samples:
-            raise DatasetError(f"{type(self).__name__}: split {split!r} under {self.root} yields no samples")
+        self.samples: list[tuple[Path, Path | None]] = self.list_union(split)
 
     @property
     def num_classes(self) -> int:
         """Number of training classes (labels are in ``[0, num_classes)`` or IGNORE_INDEX)."""
         return len(self.CLASSES)
 
-    def list_samples(self) -> list[tuple[Path, Path | None]]:
-        """The ``(image path, label path or None)`` pairs of ``self.split`` under ``self.root``."""
+    @property
+    def has_labels(self) -> bool:
+        """False for a split published without annotations (every label path is None), e.g. VOC "test"."""
+        return any(label is not None for _, label in self.samples)
+
+    def list_samples(self, split: str) -> list[tuple[Path, Path | None]]:
+        """The ``(image path, label path or None)`` pairs of one (plain) ``split`` under ``self.root``."""
         raise NotImplementedError
+
+    def list_union(self, split: str) -> list[tuple[Path, Path | None]]:
+        """The samples of each part of ``split`` (see :func:`split_parts`), concatenated in order."""
+        name = type(self).__name__
+        parts = split_parts(split, name)
+        listed: dict[str, list[tuple[Path, Path | None]]] = {}
+        for part in parts:
+            try:
+                listed[part] = self.list_samples(part)
+            except DatasetError as err:
+                if len(parts) == 1:
+                    raise
+                raise DatasetError(f"{err} (in split {split!r})") from err
+            if not listed[part]:
+                where = f"split {part!r} of {split!r}" if len(parts) > 1 else f"split {split!r}"
+                raise DatasetError(f"{name}: {where} under {self.root} yields no samples")
+        if len(parts) > 1:
+            check_disjoint(listed, split, name)
+            check_uniformly_labelled(listed, split, name)
+        return [sample for part in parts for sample in listed[part]]
 
     def encode_label(self, label: np.ndarray) -> np.ndarray:
         """Map raw label values to training ids (void -> IGNORE_INDEX); identity by default."""

@@ -49,9 +49,10 @@ class CamVid(SegmentationDataset):
         (192, 128, 128), (64, 64, 128), (64, 0, 128), (64, 64, 0), (0, 128, 192),
     )  # fmt: skip
 
-    def list_samples(self) -> list[tuple[Path, Path]]:
-        check_split(self.split, self.SPLITS, "CamVid")
-        split_file = self.root / f"{self.split}.txt"
+    def list_samples(self, split: str) -> list[tuple[Path, Path | None]]:
+        """The re-rooted ``(image, label)`` pairs listed in ``<root>/<split>.txt``."""
+        check_split(split, self.SPLITS, "CamVid")
+        split_file = self.root / f"{split}.txt"
         samples = []
         for number, line in enumerate(read_split_file(split_file), start=1):
             fields = line.split()

@@ -1,8 +1,16 @@
 """Cityscapes fine / coarse annotations, the 34 labelIds mapped to the 19 official trainIds.
 
 Layout: ``root/leftImg8bit/<split>/<city>/<name>_leftImg8bit.png`` images and
-``root/gtFine/<split>/<city>/<name>_gtFine_labelIds.png`` labels (``gtCoarse`` / ``_gtCoarse_labelIds``
-in coarse mode). Every labelId without a trainId (void, rare and ignored classes) becomes IGNORE_INDEX.
+``root/<gtFine|gtCoarse>/<split>/<city>/<name>_<gtFine|gtCoarse>_labelIds.png`` labels. Every labelId
+without a trainId (void, rare and ignored classes) becomes IGNORE_INDEX.
+
+Label source per ``mode`` and split (:data:`LABEL_FOLDERS`):
+
+* ``mode="fine"``: train and val read ``gtFine``; ``train_extra`` (19,998 images published with coarse
+  labels only) reads ``gtCoarse``; ``test`` is unlabelled (its public ``gtFine/test`` files are dummies), so
+  its labels are all IGNORE_INDEX and it is for ``segexp-eval ... save_predictions=true`` (the test server).
+  DeepLabv3 Table 13 trains on ``dataset.mode=fine data.train_split=train+val+train_extra``.
+* ``mode="coarse"``: train, val and train_extra all read ``gtCoarse``.
 """
 
 from __future__ import annotations
@@ -38,15 +46,22 @@ def _train_id_lut() -> np.ndarray:
 
 TRAIN_ID_LUT: np.ndarray = _train_id_lut()
 
-_MODES: dict[str, tuple[str, tuple[str, ...]]] = {
-    "fine": ("gtFine", ("train", "val", "test")),
-    "coarse": ("gtCoarse", ("train", "val", "train_extra")),
+LABEL_FOLDERS: dict[str, dict[str, str | None]] = {
+    "fine": {"train": "gtFine", "val": "gtFine", "train_extra": "gtCoarse", "test": None},
+    "coarse": {"train": "gtCoarse", "val": "gtCoarse", "train_extra": "gtCoarse"},
 }
+"""mode -> split -> label folder (None: no public labels) -- the splits each mode allows."""
+
+
+def label_path(root: Path, label_folder: str, split: str, image: Path) -> Path:
+    """``<root>/<label_folder>/<split>/<city>/<name>_<label_folder>_labelIds.png`` of a leftImg8bit image."""
+    name = image.name.replace("_leftImg8bit.png", f"_{label_folder}_labelIds.png")
+    return root / label_folder / split / image.parent.name / name
 
 
 class Cityscapes(SegmentationDataset):
-    """Cityscapes urban scenes, 19 classes; ``mode`` "fine" (train/val/test) or "coarse"
-    (train/val/train_extra)."""
+    """Cityscapes urban scenes, 19 classes; ``mode`` "fine" (train/val gtFine, train_extra gtCoarse, test
+    unlabelled) or "coarse" (train/val/train_extra gtCoarse); see :data:`LABEL_FOLDERS`."""
 
     CLASSES: ClassVar[tuple[str, ...]] = (
         "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
@@ -66,23 +81,23 @@ class Cityscapes(SegmentationDataset):
         transform: A.Compose | None = None,
         mode: str = "fine",
     ) -> None:
-        if mode not in _MODES:
-            raise DatasetError(f"Cityscapes: unknown mode {mode!r}; expected one of {tuple(_MODES)}")
+        if mode not in LABEL_FOLDERS:
+            raise DatasetError(f"Cityscapes: unknown mode {mode!r}; expected one of {tuple(LABEL_FOLDERS)}")
         self.mode = mode
         super().__init__(root, split, transform)
 
-    def list_samples(self) -> list[tuple[Path, Path]]:
-        label_folder, splits = _MODES[self.mode]
-        check_split(self.split, splits, f"Cityscapes ({self.mode})")
-        image_dir = self.root / "leftImg8bit" / self.split
-        label_dir = self.root / label_folder / self.split
+    def list_samples(self, split: str) -> list[tuple[Path, Path | None]]:
+        """Every ``leftImg8bit/<split>/<city>/*_leftImg8bit.png`` with its labelIds file (None for test)."""
+        folders = LABEL_FOLDERS[self.mode]
+        check_split(split, folders, f"Cityscapes ({self.mode})")
+        image_dir = self.root / "leftImg8bit" / split
         images = sorted(image_dir.glob("*/*_leftImg8bit.png"))
         if not images:
-            raise DatasetError(f"Cityscapes: no */*_leftImg8bit.png images for split {self.split!r} in {image_dir}")
-        suffix = f"_{label_folder}_labelIds.png"
-        return [
-            (image, label_dir / image.parent.name / image.name.replace("_leftImg8bit.png", suffix)) for image in images
-        ]
+            raise DatasetError(f"Cityscapes: no */*_leftImg8bit.png images for split {split!r} in {image_dir}")
+        label_folder = folders[split]
+        if label_folder is None:
+            return [(image, None) for image in images]
+        return [(image, label_path(self.root, label_folder, split, image)) for image in images]
 
     def encode_label(self, label: np.ndarray) -> np.ndarray:
         """labelId -> trainId through :data:`TRAIN_ID_LUT`; unmapped ids become IGNORE_INDEX."""

@@ -292,8 +292,9 @@ class COCOVOC(SegmentationDataset):
         self.image_root = Path(image_root if image_root is not None else root).expanduser()
         super().__init__(root, split, transform)
 
-    def list_samples(self) -> list[tuple[Path, Path]]:
-        split = self.ALIASES.get(self.split, self.split)
+    def list_samples(self, split: str) -> list[tuple[Path, Path | None]]:
+        """The converted images of ``split`` (after its alias) whose largest VOC region is large enough."""
+        split = self.ALIASES.get(split, split)
         check_split(split, self.SPLITS, "COCOVOC")
         split_file = self.root / LABEL_FOLDER / f"{split}.txt"
         if not split_file.is_file():

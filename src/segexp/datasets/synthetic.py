@@ -20,7 +20,7 @@ import albumentations as A
 import cv2
 import numpy as np
 
-from segexp.datasets.base import DatasetError, SegmentationDataset
+from segexp.datasets.base import DatasetError, SegmentationDataset, split_parts
 
 Grid = tuple[np.ndarray, np.ndarray]
 
@@ -162,7 +162,9 @@ class SyntheticShapes(SegmentationDataset):
     """``num_images`` generated ``image_size`` squared scenes of ``split``, 6 classes, no files.
 
     Scenes are generated lazily in ``__getitem__``; different splits (and seeds) use different random
-    streams, so train and val never share a scene.
+    streams, so train and val never share a scene. Any split name is accepted; a union ``"train+val"``
+    holds ``num_images`` scenes of each part, in order (index ``k * num_images + i`` is scene ``i`` of part
+    ``k``), exactly the scenes of the parts' own datasets. Every scene is labelled.
     """
 
     CLASSES: ClassVar[tuple[str, ...]] = ("background", "disc", "box", "triangle", "ring", "stripe")
@@ -186,15 +188,22 @@ class SyntheticShapes(SegmentationDataset):
             raise DatasetError(f"SyntheticShapes: seed must be non-negative, got {seed}")
         self.root = None
         self.split = split
+        self.parts = split_parts(split, "SyntheticShapes")
         self.transform = transform
         self.num_images = num_images
         self.image_size = image_size
         self.seed = seed
         self.samples: list = []
 
+    @property
+    def has_labels(self) -> bool:
+        """Generated scenes always come with their labels."""
+        return True
+
     def __len__(self) -> int:
-        return self.num_images
+        return self.num_images * len(self.parts)
 
     def load_sample(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """Generate scene ``index`` (deterministic in ``(seed, split, index)``)."""
-        return generate_scene(self.seed, self.split, index, self.image_size)
+        """Generate scene ``index`` (deterministic in ``(seed, part of the split, index within the part)``)."""
+        part, within = divmod(index, self.num_images)
+        return generate_scene(self.seed, self.parts[part], within, self.image_size)

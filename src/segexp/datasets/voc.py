@@ -55,11 +55,12 @@ class VOC(SegmentationDataset):
     CLASSES: ClassVar[tuple[str, ...]] = VOC_CLASSES
     PALETTE: ClassVar[tuple[tuple[int, int, int], ...]] = VOC_PALETTE
 
-    def list_samples(self) -> list[tuple[Path, Path | None]]:
-        check_split(self.split, self.SPLITS, "VOC")
-        split_file = self.root / "ImageSets" / "Segmentation" / f"{self.split}.txt"
+    def list_samples(self, split: str) -> list[tuple[Path, Path | None]]:
+        """The ids of ``ImageSets/Segmentation/<split>.txt``; the test split's label paths are None."""
+        check_split(split, self.SPLITS, "VOC")
+        split_file = self.root / "ImageSets" / "Segmentation" / f"{split}.txt"
         samples = _id_samples(self.root, split_file, "SegmentationClass")
-        if self.split == "test":  # the test server's images come without labels
+        if split == "test":  # the test server's images come without labels
             return [(image, None) for image, _ in samples]
         return samples
 
@@ -72,8 +73,9 @@ class VOCAug(SegmentationDataset):
     CLASSES: ClassVar[tuple[str, ...]] = VOC_CLASSES
     PALETTE: ClassVar[tuple[tuple[int, int, int], ...]] = VOC_PALETTE
 
-    def list_samples(self) -> list[tuple[Path, Path]]:
-        split = self.ALIASES.get(self.split, self.split)
+    def list_samples(self, split: str) -> list[tuple[Path, Path | None]]:
+        """The ids of ``ImageSets/SegmentationAug/<split>.txt`` (after the alias train -> train_aug)."""
+        split = self.ALIASES.get(split, split)
         check_split(split, self.SPLITS, "VOCAug")
         split_file = self.root / "ImageSets" / "SegmentationAug" / f"{split}.txt"
         return _id_samples(self.root, split_file, "SegmentationClassAug")

@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from segexp.config import CONF_DIR
 from segexp.info import compose_config
-from segexp.tables.spec import Profile, Protocol, Row, TableSpec, override_key
+from segexp.tables.spec import INIT_KEY, Profile, Protocol, Row, TableSpec, override_key
 from segexp.tables.store import TABLE_ROW_FILE
 
 TRAIN, EVAL = "train", "eval"
@@ -72,8 +72,9 @@ def train_overrides(spec: TableSpec, row: Row, profile: Profile, extra: Sequence
 
 
 def eval_overrides(row: Row, profile: Profile, ckpt: Path) -> list[str]:
-    """segexp-eval overrides of an eval-only row: its own, then the profile's loader/trainer settings."""
-    return merge_overrides([f"ckpt={ckpt}"], row.eval_overrides, profile.eval_overrides)
+    """segexp-eval overrides of an eval-only row: its own minus what the profile drops (e.g. a test split
+    the profile's dataset lacks), then the profile's loader/trainer settings."""
+    return merge_overrides([f"ckpt={ckpt}"], drop_overrides(row.eval_overrides, profile.drop), profile.eval_overrides)
 
 
 def replaced_by_profile(row: Row, profile: Profile) -> list[str]:
@@ -148,6 +149,41 @@ def protocol_warnings(cfg: DictConfig, protocol: Protocol) -> list[str]:
     return warnings
 
 
+class NotRunUnderProfile(Exception):
+    """A row this profile cannot run here (e.g. more processes than it allows); the message says why."""
+
+
+TRAINER_KEYS = ("trainer", "trainer.devices", "trainer.num_nodes")
+
+
+def distributed_overrides(spec: TableSpec, row: Row, profile: Profile, seed: int) -> list[str]:
+    """Overrides that run a several-device row under ``profile.distributed`` on this machine: the row's own
+    process count on one node, then the profile's ``distributed.overrides`` (trainer, per-process batch);
+    [] for a one-process row or a profile without ``distributed``. Raises :class:`NotRunUnderProfile` when
+    the row needs more processes than the profile allows."""
+    asked = merge_overrides(spec.base, row.overrides)
+    if profile.distributed is None or not any(override_key(o) in TRAINER_KEYS for o in asked):
+        return []
+    world = world_size(compose(asked, seed))
+    if world is None:
+        raise NotRunUnderProfile("its device count (trainer.devices=-1/auto) is only known on a GPU machine")
+    if world == 1:
+        return []
+    if world > profile.distributed.max_processes:
+        raise NotRunUnderProfile(f"it trains on {world} processes; profile {profile.name} runs at most "
+                                 f"{profile.distributed.max_processes} on this machine")
+    return [f"trainer.devices={world}", "trainer.num_nodes=1", *profile.distributed.overrides]
+
+
+def multi_node_problem(cfg: DictConfig, launcher: str | None) -> str | None:
+    """Why a several-node row cannot start from here (the basic launcher starts one node), or None."""
+    nodes = int(cfg.trainer.get("num_nodes", 1))
+    if nodes > 1 and launcher in (None, BASIC_LAUNCHER):
+        return (f"trainer.num_nodes={nodes}: a several-node row needs a cluster launcher, e.g. --launcher "
+                f"submitit_slurm -- hydra.launcher.nodes={nodes} hydra.launcher.tasks_per_node=<devices per node>")
+    return None
+
+
 def is_distributed(cfg: DictConfig) -> bool:
     """Several processes: more than one device x node, or a DDP strategy over devices unknown here."""
     world = world_size(cfg)
@@ -188,29 +224,53 @@ class Job:
 
 
 def plan_train_job(spec: TableSpec, row: Row, profile: Profile, seed: int, base_dir: Path,
-                   extra: Sequence[str] = (), launcher: str | None = None) -> Job:
-    """Compose and validate one training row; raises (ConfigError, Hydra errors) when it cannot run."""
+                   extra: Sequence[str] = (), launcher: str | None = None, source: Job | None = None) -> Job:
+    """Compose and validate one training row (``source``: the job of its ``init_from`` row); raises
+    :class:`NotRunUnderProfile`, or ConfigError / Hydra errors when it cannot run."""
     from segexp.builders import validate
 
     overrides = train_overrides(spec, row, profile, extra)
     cfg = compose(overrides, seed)
+    distributed = distributed_overrides(spec, row, profile, seed)
+    start = [f"{INIT_KEY}={last_checkpoint(source.run_dir)}"] if source is not None else []
+    if distributed or start:
+        overrides = merge_overrides(overrides, distributed, start)
+        cfg = compose(overrides, seed)
     validate(cfg)
+    if (problem := multi_node_problem(cfg, launcher)) is not None:
+        raise NotRunUnderProfile(problem)
     warnings = replaced_by_profile(row, profile)
+    if distributed:
+        warnings = [w for w in warnings if not any(f" {key}=" in w for key in (*TRAINER_KEYS, "data.batch_size"))]
+        warnings.append(f"profile {profile.name} runs its {cfg.trainer.devices} processes as "
+                        f"{' '.join(profile.distributed.overrides)}, effective batch {effective_batch(cfg)}")
     if profile.check_protocol:
         warnings += protocol_warnings(cfg, spec.protocol_of(row))
+    facts = (source.config_hash, record_stamp(source.run_dir)) if source is not None else ()
     return Job(row=row, seed=seed, kind=TRAIN, overrides=tuple(overrides), run_dir=base_dir / row.name / f"seed{seed}",
-               config_hash=config_hash(cfg), warnings=tuple(warnings), own_process=needs_own_process(cfg, launcher))
+               config_hash=config_hash(cfg, *facts), warnings=tuple(warnings),
+               own_process=needs_own_process(cfg, launcher), source_dir=source.run_dir if source else None)
+
+
+def last_checkpoint(run_dir: Path) -> Path:
+    return run_dir / "checkpoints" / "last.ckpt"
+
+
+def record_stamp(run_dir: Path) -> int | None:
+    """When the run's ``table_row.json`` was last written: it is rewritten each time the run is (re)launched,
+    so a row built on it (eval or ``init_from``) gets a new hash and runs again after its source did."""
+    record = run_dir / TABLE_ROW_FILE
+    return record.stat().st_mtime_ns if record.is_file() else None
 
 
 def plan_eval_job(row: Row, profile: Profile, seed: int, base_dir: Path, source: Job) -> Job:
     """An eval-only row on ``source``'s last checkpoint; its hash covers the source run (config and launch)."""
-    ckpt = source.run_dir / "checkpoints" / "last.ckpt"
-    overrides = eval_overrides(row, profile, ckpt)
+    overrides = eval_overrides(row, profile, last_checkpoint(source.run_dir))
     cfg = compose(overrides, seed, config_name="eval")
-    record = source.run_dir / TABLE_ROW_FILE  # rewritten each time the source row is (re)launched
-    stamp = record.stat().st_mtime_ns if record.is_file() else None
+    dropped = [f"profile {profile.name} drops {o}" for o in row.eval_overrides if o not in overrides]
     return Job(row=row, seed=seed, kind=EVAL, overrides=tuple(overrides), run_dir=base_dir / row.name / f"seed{seed}",
-               config_hash=config_hash(cfg, source.config_hash, stamp), source_dir=source.run_dir)
+               config_hash=config_hash(cfg, source.config_hash, record_stamp(source.run_dir)),
+               warnings=tuple(dropped), source_dir=source.run_dir)
 
 
 def _is_group(key: str) -> bool:

@@ -124,11 +124,23 @@ def raw_values(metric: str, results: RowResults) -> list[float]:
     return [v for v in values if v is not None]
 
 
+def server_submission(results: RowResults) -> str | None:
+    """Where an evaluation of a split without labels (a test server's) left its prediction PNGs."""
+    unscored = [m for _, m in sorted(results.seeds.items()) if m.get("labelled") is False]
+    if not unscored:
+        return None
+    where = "; ".join(f"{m.get('num_predictions', '?')} PNGs in `{display_path(str(m.get('predictions_dir')))}`"
+                      for m in unscored)
+    return f"scored by the evaluation server: submit {where}"
+
+
 def row_status(spec: TableSpec, row: Row, results: RowResults) -> tuple[str, str]:
     if results.seeds:
         return OK, ""
     if not row.runnable:
         return NOT_RUN, str(row.notes)
+    if results.not_run:
+        return NOT_RUN, results.not_run
     if not spec.ready:
         return PENDING_ROW, str(spec.pending_reason)
     if results.errors:
@@ -151,6 +163,8 @@ def build_cell(spec: TableSpec, row: Row, metric: str, results: dict[str, RowRes
         values, base_values = [v / scale for v in values], [v / scale for v in base_values]
     cell.values = values
     cell.measured, cell.std = mean_std(values)
+    if cell.measured is None and (submission := server_submission(results[row.name])):
+        cell.detail = submission
     base_mean, _ = mean_std(base_values)
     base_paper = spec.row(baseline).paper.get(metric) if baseline else None
     if cell.measured is not None and base_mean is not None:
@@ -187,7 +201,7 @@ def measured_text(cell: Cell, signed: bool) -> str:
     if cell.status != OK:
         return f"{cell.status}: {cell.detail}" if cell.detail else cell.status
     if cell.measured is None:
-        return "— (not in metrics.json)"
+        return cell.detail or "— (not in metrics.json)"
     spread = f" ± {cell.std:.2f}" if cell.std is not None else ""
     seeds = f" (n={len(cell.values)})" if len(cell.values) > 1 else ""
     return f"{fmt(cell.measured, signed)}{spread}{seeds}"

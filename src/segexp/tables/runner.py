@@ -1,5 +1,9 @@
-"""``segexp-table run``: run a table's rows (x seeds) as ONE Hydra multirun of segexp-train, then its
-eval-only rows as one multirun of segexp-eval, then the model-size/speed measurements.
+"""``segexp-table run``: run a table's rows (x seeds) as ONE Hydra multirun of segexp-train per stage, then
+its eval-only rows as one multirun of segexp-eval, then the model-size/speed measurements.
+
+Stages: rows that start from another row's ``last.ckpt`` (``init_from``: COCO pretraining -> VOC fine-tuning
+-> the second stage of DeepLabv3 Sec. 4.3) run in a later multirun than that row, planned once its
+checkpoint exists; a table without ``init_from`` is one stage.
 
 Each row is a generated config ``<profile dir>/.table_rows/table_row/<row>/seed<k>.yaml`` (its final
 overrides as a ``# @package _global_`` file) put on Hydra's search path, so one command line covers
@@ -28,9 +32,18 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from segexp.run import write_json_atomic
-from segexp.tables.plan import EVAL, TRAIN, Job, plan_eval_job, plan_train_job, row_file_text, split_hydra
+from segexp.tables.plan import (
+    EVAL,
+    TRAIN,
+    Job,
+    NotRunUnderProfile,
+    plan_eval_job,
+    plan_train_job,
+    row_file_text,
+    split_hydra,
+)
 from segexp.tables.spec import Profile, Row, SpecError, TableSpec, display_path
-from segexp.tables.store import ERROR_FILE, METRICS_FILE, TABLE_ROW_FILE, profile_dir, read_json
+from segexp.tables.store import ERROR_FILE, METRICS_FILE, NOT_RUN_FILE, TABLE_ROW_FILE, profile_dir, read_json
 
 ROWS_FOLDER = ".table_rows"
 LOGS_FOLDER = "_logs"
@@ -232,48 +245,101 @@ def launch(kind: str, jobs: Sequence[Job], how: Launch, result: RunResult) -> No
 
 
 def select_rows(spec: TableSpec, names: Sequence[str] | None) -> list[Row]:
-    """The requested rows (all by default) plus the trained rows their eval-only rows need."""
-    wanted = [spec.row(n) for n in names] if names else list(spec.rows)
-    sources = [spec.row(r.eval_of) for r in wanted if r.is_eval and r.runnable]
-    return [r for r in spec.rows if r in wanted or r in sources]
+    """The requested rows (all by default) plus the rows whose checkpoints they need, transitively."""
+    wanted = {r.name for r in ([spec.row(n) for n in names] if names else spec.rows)}
+    pending = list(wanted)
+    while pending:
+        row = spec.row(pending.pop())
+        if row.runnable and row.source is not None and row.source not in wanted:
+            wanted.add(row.source)
+            pending.append(row.source)
+    return [r for r in spec.rows if r.name in wanted]
 
 
-def plan_training(spec: TableSpec, rows: Sequence[Row], profile: Profile, seeds: int, base_dir: Path,
-                  extra: Sequence[str], launcher: str | None, result: RunResult) -> dict[tuple[str, int], Job]:
+def training_stages(rows: Sequence[Row]) -> list[list[Row]]:
+    """Runnable training rows in launch order: stage 0 needs no checkpoint, stage k+1 starts from a row of
+    stage k (``init_from``); each stage is one multirun."""
+    trainable = [r for r in rows if r.runnable and not r.is_eval]
+    stages: list[list[Row]] = []
+    placed: set[str] = set()
+    while len(placed) < len(trainable):
+        stage = [r for r in trainable if r.name not in placed and (r.init_from is None or r.init_from in placed)]
+        if not stage:  # unreachable for validated specs (no cycles, sources selected)
+            raise SpecError(f"rows {[r.name for r in trainable if r.name not in placed]}: init_from cannot be ordered")
+        stages.append(stage)
+        placed.update(r.name for r in stage)
+    return stages
+
+
+Trained = dict[tuple[str, int], Job]
+
+
+def plan_stage(spec: TableSpec, rows: Sequence[Row], profile: Profile, seeds: int, base_dir: Path,
+               extra: Sequence[str], launcher: str | None, trained: Trained, result: RunResult) -> Trained:
+    """Plan one stage's training jobs; a row that cannot run is recorded (not run / failed), the others go on."""
     jobs = {}
-    for row in (r for r in rows if r.runnable and not r.is_eval):
+    for row in rows:
         for seed in range(seeds):
+            label = f"{row.name}/seed{seed}"
+            source = trained.get((row.init_from, seed)) if row.init_from else None
+            if row.init_from and source is None:
+                result.failed[label] = f"its init_from row {row.init_from} could not be planned"
+                continue
             try:
-                jobs[row.name, seed] = plan_train_job(spec, row, profile, seed, base_dir, extra, launcher)
+                jobs[row.name, seed] = plan_train_job(spec, row, profile, seed, base_dir, extra, launcher, source)
+            except NotRunUnderProfile as why:
+                result.not_run[row.name] = f"under profile {profile.name}: {why}"
             except Exception as err:  # compose/validation errors: record the row, keep the others
-                result.failed[f"{row.name}/seed{seed}"] = f"config error: {type(err).__name__}: {err}"
+                result.failed[label] = f"config error: {type(err).__name__}: {err}"
     return jobs
 
 
-def plan_evals(rows: Sequence[Row], profile: Profile, seeds: int, base_dir: Path,
-               trained: dict[tuple[str, int], Job]) -> list[Job]:
+def plan_evals(rows: Sequence[Row], profile: Profile, seeds: int, base_dir: Path, trained: Trained) -> list[Job]:
     return [plan_eval_job(row, profile, seed, base_dir, trained[row.eval_of, seed])
             for row in rows if row.is_eval and row.runnable for seed in range(seeds) if (row.eval_of, seed) in trained]
 
 
-def needs_checkpoint(evals: Sequence[Job]) -> set[Path]:
-    """Source runs whose last.ckpt a pending eval-only row still has to read."""
-    return {job.source_dir for job in evals if not is_done(job)}
+def plan_all(spec: TableSpec, stages: Sequence[Sequence[Row]], rows: Sequence[Row], profile: Profile, seeds: int,
+             base_dir: Path, extra: Sequence[str], launcher: str | None,
+             result: RunResult) -> tuple[Trained, list[Job]]:
+    """Every training and eval job as things stand now (a later stage's hash changes once its source reruns)."""
+    trained: Trained = {}
+    for stage in stages:
+        trained.update(plan_stage(spec, stage, profile, seeds, base_dir, extra, launcher, trained, result))
+    return trained, plan_evals(rows, profile, seeds, base_dir, trained)
 
 
-def print_plan(jobs: Sequence[Job], kind: str, result: RunResult) -> None:
-    """--dry-run: per job what would happen (and, for training, the rows that cannot run at all)."""
+def sources_to_rerun(trained: Trained, evals: Sequence[Job]) -> set[Path]:
+    """Finished runs that must train again because a job still to run needs their pruned ``last.ckpt``
+    (transitively: retraining a row whose own source checkpoint is gone retrains that source too)."""
+    by_dir = {job.run_dir: job for job in trained.values()}
+    rerun: set[Path] = set()
+    for job in [*evals, *reversed(list(trained.values()))]:  # dependents before their sources
+        if job.source_dir is None or (is_done(job) and job.run_dir not in rerun):
+            continue
+        if not (job.source_dir / CHECKPOINTS / LAST_CKPT).is_file() and job.source_dir in by_dir:
+            rerun.add(job.source_dir)
+    return rerun
+
+
+def print_plan(jobs: Sequence[Job], kind: str, rerun: set[Path]) -> None:
+    """--dry-run: per job what would happen."""
     for job in jobs:
-        state = "done (skip)" if is_done(job) else "resume from last.ckpt" if can_resume(job) else "run"
+        done = is_done(job) and job.run_dir not in rerun
+        state = "done (skip)" if done else "resume from last.ckpt" if can_resume(job) else "run"
         where = "own process" if job.own_process else f"{kind} sweep"
         print(f"  {job.label:<28} {state:<22} {where:<12} {display_path(job.run_dir)}")
+        if job.source_dir is not None:
+            print(f"      from: {display_path(job.source_dir / CHECKPOINTS / LAST_CKPT)}")
         for warning in job.warnings:
             print(f"      warning: {warning}")
-    if kind == TRAIN:
-        for label, error in result.failed.items():
-            print(f"  {label:<28} cannot run: {error}")
-        for row, note in result.not_run.items():
-            print(f"  {row:<28} not run: {note}")
+
+
+def print_unrunnable(result: RunResult) -> None:
+    for label, error in result.failed.items():
+        print(f"  {label:<28} cannot run: {error}")
+    for row, note in result.not_run.items():
+        print(f"  {row:<28} not run: {note}")
 
 
 def warn_protocol(jobs: Sequence[Job], result: RunResult) -> None:
@@ -333,36 +399,69 @@ def run_table(spec: TableSpec, profile: Profile, seeds: int = 1, rows: Sequence[
         raise ValueError(f"--seeds must be >= 1, got {seeds}")
     config_extra, hydra_extra = split_hydra(extra)
     how = Launch(base_dir or profile_dir(spec.id, profile.name), launcher, tuple(hydra_extra), quiet)
-    base_dir = how.base_dir
-    result = RunResult(table=spec.id, profile=profile.name)
     selected = select_rows(spec, rows)
-    result.not_run = {r.name: str(r.notes) for r in selected if not r.runnable}
-    trained = plan_training(spec, selected, profile, seeds, base_dir, config_extra, launcher, result)
-    evals = plan_evals(selected, profile, seeds, base_dir, trained)
-    missing_ckpt = {p for p in needs_checkpoint(evals) if not (p / CHECKPOINTS / LAST_CKPT).is_file()}
-    todo = [j for j in trained.values() if not is_done(j) or j.run_dir in missing_ckpt]
-    result.skipped = [j.label for j in trained.values() if j not in todo]
-    warn_protocol(trained.values(), result)
+    stages = training_stages(selected)
+    planning = RunResult(table=spec.id, profile=profile.name)
+    planning.not_run = {r.name: str(r.notes) for r in selected if not r.runnable}
+    trained, evals = plan_all(spec, stages, selected, profile, seeds, how.base_dir, config_extra, launcher, planning)
+    rerun = sources_to_rerun(trained, evals)
+    warn_protocol(list(trained.values()), planning)
     if dry_run:
-        print(f"{spec.id} [{profile.name}] -> {display_path(base_dir)}")
-        print_plan(list(trained.values()), TRAIN, result)
-        print_plan(evals, EVAL, result)
-        return result
-    dependents = {(r.eval_of, s) for r in selected if r.is_eval for s in range(seeds)}
-    with table_lock(base_dir):
-        for job in todo:
-            prune = prune_policy(job, profile, (job.row.name, job.seed) in dependents)
-            prepare(job, spec, profile, how.rows_dir, prune)
-        if todo:
-            launch(TRAIN, todo, how, result)
-        run_evals(spec, profile, selected, seeds, trained, how, result)
-        measure_rows(trained.values(), result)
+        print(f"{spec.id} [{profile.name}] -> {display_path(how.base_dir)}")
+        print_plan(list(trained.values()), TRAIN, rerun)
+        print_plan(evals, EVAL, rerun)
+        print_unrunnable(planning)
+        return planning
+    result = RunResult(table=spec.id, profile=profile.name, not_run=dict(planning.not_run),
+                       warnings=planning.warnings)
+    with table_lock(how.base_dir):
+        record_not_run(how.base_dir, selected, planning.not_run)
+        trained = run_stages(spec, stages, profile, seeds, config_extra, how, rerun, result)
+        evals = run_evals(spec, profile, selected, seeds, trained, how, result)
+        if profile.checkpoints == "none":
+            prune_used_sources([*trained.values(), *evals])
+        measure_rows(list(trained.values()), result)
     return result
 
 
-def run_evals(spec: TableSpec, profile: Profile, rows: Sequence[Row], seeds: int, trained: dict[tuple[str, int], Job],
-              how: Launch, result: RunResult) -> None:
-    """Plan the eval-only rows now that checkpoints exist; run those not done; prune used checkpoints."""
+def record_not_run(base_dir: Path, rows: Sequence[Row], reasons: dict[str, str]) -> None:
+    """``<row>/not_run.json`` for the rows this profile cannot run (the report shows why); removed otherwise."""
+    for row in rows:
+        path = base_dir / row.name / NOT_RUN_FILE
+        if row.runnable and row.name in reasons:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(path, {"reason": reasons[row.name]})
+        else:
+            path.unlink(missing_ok=True)
+
+
+def run_stages(spec: TableSpec, stages: Sequence[Sequence[Row]], profile: Profile, seeds: int,
+               extra: Sequence[str], how: Launch, rerun: set[Path], result: RunResult) -> Trained:
+    """Each stage as one launch, planned once the checkpoints of the stage before exist."""
+    dependents = {(r.source, s) for stage in stages for r in stage if r.source for s in range(seeds)}
+    dependents |= {(r.eval_of, s) for r in spec.rows if r.is_eval for s in range(seeds)}
+    trained: Trained = {}
+    for stage in stages:
+        jobs = plan_stage(spec, stage, profile, seeds, how.base_dir, extra, how.launcher, trained, result)
+        todo = [j for j in jobs.values() if not is_done(j) or j.run_dir in rerun]
+        result.skipped += [j.label for j in jobs.values() if j not in todo]
+        runnable = []
+        for job in todo:
+            if job.source_dir is not None and not (job.source_dir / CHECKPOINTS / LAST_CKPT).is_file():
+                result.failed[job.label] = f"no checkpoint of {display_path(job.source_dir)} (its row did not finish)"
+                continue
+            prune = prune_policy(job, profile, (job.row.name, job.seed) in dependents)
+            prepare(job, spec, profile, how.rows_dir, prune)
+            runnable.append(job)
+        if runnable:
+            launch(TRAIN, runnable, how, result)
+        trained.update(jobs)
+    return trained
+
+
+def run_evals(spec: TableSpec, profile: Profile, rows: Sequence[Row], seeds: int, trained: Trained,
+              how: Launch, result: RunResult) -> list[Job]:
+    """Plan the eval-only rows now that checkpoints exist and run those not done."""
     evals = plan_evals(rows, profile, seeds, how.base_dir, trained)
     runnable = []
     for job in evals:
@@ -376,8 +475,17 @@ def run_evals(spec: TableSpec, profile: Profile, rows: Sequence[Row], seeds: int
         prepare(job, spec, profile, how.rows_dir, prune=[])
     if runnable:
         launch(EVAL, runnable, how, result)
-    if profile.checkpoints == "none" and all(is_done(j) for j in evals):
-        for source in {j.source_dir for j in evals}:
+    return evals
+
+
+def prune_used_sources(jobs: Sequence[Job]) -> None:
+    """Checkpoint policy ``none``: delete the checkpoints of runs whose dependents have all finished."""
+    dependents: dict[Path, list[Job]] = {}
+    for job in jobs:
+        if job.source_dir is not None:
+            dependents.setdefault(job.source_dir, []).append(job)
+    for source, users in dependents.items():
+        if all(is_done(j) for j in users):
             prune_checkpoints(source, ["best", "last"])
 
 

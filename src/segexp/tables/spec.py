@@ -41,6 +41,8 @@ METRIC_SCALES: dict[str, float] = {
     "relative_time": 1.0,
 }
 """Factor from a metrics.json value to the papers' units (fractions -> %)."""
+INIT_KEY = "model.init_from"
+"""The training option a row's ``init_from`` sets to the source row's ``last.ckpt``."""
 RESERVED_KEYS = ("seed", "output_dir", "ckpt_path", "ckpt", "table_row", "hydra")
 """Keys the runner sets itself; a spec or profile may not override them."""
 ROW_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -102,6 +104,7 @@ class Row:
     notes: str | None = None
     eval_of: str | None = None
     eval_overrides: tuple[str, ...] = ()
+    init_from: str | None = None
     measure: tuple[str, ...] = ()
     baseline: str | None = None
     protocol: Protocol | None = None
@@ -114,6 +117,11 @@ class Row:
     @property
     def is_eval(self) -> bool:
         return self.eval_of is not None
+
+    @property
+    def source(self) -> str | None:
+        """The row whose ``last.ckpt`` this one needs: evaluated (``eval_of``) or trained on (``init_from``)."""
+        return self.eval_of or self.init_from
 
     @property
     def title(self) -> str:
@@ -162,6 +170,16 @@ class TableSpec:
 
 
 @dataclass(frozen=True)
+class Distributed:
+    """How a profile runs rows that train on several devices (DeepLabv3 Table 11): with the row's number
+    of processes on one node (at most ``max_processes``, else the row is not run), then ``overrides``
+    (e.g. ``trainer=ddp_cpu data.batch_size=2``: the trainer and the per-process batch)."""
+
+    max_processes: int
+    overrides: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Profile:
     """An override set applied after base + row: ``full`` (paper protocol), ``smoke``, ``proxy``."""
 
@@ -173,6 +191,7 @@ class Profile:
     drop: tuple[str, ...] = ()
     check_protocol: bool = False
     checkpoints: str = "keep"
+    distributed: Distributed | None = None
 
 
 class _Mapping:
@@ -264,11 +283,12 @@ def _protocol(node: _Mapping, name: str) -> Protocol | None:
     return Protocol(effective_batch=sub.get("effective_batch", int), max_steps=sub.get("max_steps", int))
 
 
-ROW_KEYS = ("name", "label", "overrides", "paper", "notes", "eval_of", "eval_overrides", "measure", "baseline",
-            "protocol")
+ROW_KEYS = ("name", "label", "overrides", "paper", "notes", "eval_of", "eval_overrides", "init_from", "measure",
+            "baseline", "protocol")
 TABLE_KEYS = ("id", "title", "paper", "dataset", "metrics", "status", "pending_reason", "notes", "base",
               "protocol", "baseline", "paper_values", "rows")
-PROFILE_KEYS = ("description", "overrides", "eval_overrides", "drop", "check_protocol", "checkpoints")
+PROFILE_KEYS = ("description", "overrides", "eval_overrides", "drop", "check_protocol", "checkpoints", "distributed")
+DISTRIBUTED_KEYS = ("max_processes", "overrides")
 
 
 def _row(data: Any, path: Path, where: str) -> Row:
@@ -284,6 +304,7 @@ def _row(data: Any, path: Path, where: str) -> Row:
         notes=node.text("notes"),
         eval_of=node.text("eval_of"),
         eval_overrides=node.strings("eval_overrides"),
+        init_from=node.text("init_from"),
         measure=node.strings("measure"),
         baseline=node.text("baseline"),
         protocol=_protocol(node, "protocol"),
@@ -294,6 +315,10 @@ def _row(data: Any, path: Path, where: str) -> Row:
         fail(path, node.key("overrides"), "an eval-only row (eval_of) reuses a checkpoint: use eval_overrides")
     if not row.is_eval and row.eval_overrides:
         fail(path, node.key("eval_overrides"), "only eval-only rows (with eval_of) take eval_overrides")
+    if row.is_eval and row.init_from:
+        fail(path, node.key("init_from"), "an eval-only row (eval_of) cannot also train (init_from)")
+    if row.init_from and any(override_key(o) == INIT_KEY for o in row.overrides):
+        fail(path, node.key("overrides"), f"{INIT_KEY} is set by the runner from init_from; drop the override")
     if row.is_eval and row.measure:
         fail(path, node.key("measure"), "size and speed are measured on trained rows, not eval-only ones")
     for index, metric in enumerate(row.measure):
@@ -321,15 +346,30 @@ def _check_table(spec: TableSpec) -> None:
         for metric in row.paper:
             if metric not in spec.metrics:
                 fail(path, f"{where}.paper.{metric}", f"not one of the table's metrics {list(spec.metrics)}")
-        for key, ref in (("eval_of", row.eval_of), ("baseline", row.baseline)):
+        for key, ref in (("eval_of", row.eval_of), ("init_from", row.init_from), ("baseline", row.baseline)):
             if ref is not None and ref not in names:
                 fail(path, f"{where}.{key}", f"no row named '{ref}' in this table")
-        if row.is_eval and spec.row(row.eval_of).is_eval:
-            fail(path, f"{where}.eval_of", f"'{row.eval_of}' is itself eval-only; name the trained row")
+        key = "eval_of" if row.is_eval else "init_from"
+        if row.source is not None and spec.row(row.source).is_eval:
+            fail(path, f"{where}.{key}", f"'{row.source}' is itself eval-only; name the trained row")
+        if row.source is not None and row.runnable and not spec.row(row.source).runnable:
+            fail(path, f"{where}.{key}", f"'{row.source}' is not run (it has notes), so this row cannot run")
+        if row.init_from is not None and row.name in lineage(spec, row.init_from):
+            fail(path, f"{where}.init_from", f"'{row.init_from}' starts a cycle back to '{row.name}'")
     if spec.baseline is not None and spec.baseline not in names:
         fail(path, "baseline", f"no row named '{spec.baseline}' in this table")
     if spec.paper_values == DELTA and spec.baseline is None:
         fail(path, "baseline", "paper_values: delta needs the baseline row the deltas are measured from")
+
+
+def lineage(spec: TableSpec, name: str) -> list[str]:
+    """``name`` and the rows it is trained from (``init_from``), nearest first; stops at a repeat."""
+    chain: list[str] = []
+    current: str | None = name
+    while current is not None and current not in chain and current in spec.row_names():
+        chain.append(current)
+        current = spec.row(current).init_from
+    return chain
 
 
 def load_spec(path: Path) -> TableSpec:
@@ -401,10 +441,23 @@ def load_profile(name: str, root: Path = PROFILES_DIR) -> Profile:
         drop=node.strings("drop"),
         check_protocol=node.get("check_protocol", bool, default=False),
         checkpoints=node.choice("checkpoints", CHECKPOINT_POLICIES, default="keep"),
+        distributed=_distributed(node),
     )
     check_overrides(profile.overrides, path, "overrides")
     check_overrides(profile.eval_overrides, path, "eval_overrides")
     return profile
+
+
+def _distributed(node: _Mapping) -> Distributed | None:
+    if not node.has("distributed"):
+        return None
+    sub = _Mapping(node.data["distributed"], node.path, node.key("distributed"), DISTRIBUTED_KEYS)
+    most = sub.get("max_processes", int, required=True)
+    if most < 1:
+        fail(node.path, sub.key("max_processes"), f"must be >= 1, got {most}")
+    distributed = Distributed(max_processes=most, overrides=sub.strings("overrides"))
+    check_overrides(distributed.overrides, node.path, sub.key("overrides"))
+    return distributed
 
 
 def profile_names(root: Path = PROFILES_DIR) -> list[str]:

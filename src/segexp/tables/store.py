@@ -17,6 +17,8 @@ from typing import Any
 TABLE_ROW_FILE = "table_row.json"
 METRICS_FILE = "metrics.json"
 ERROR_FILE = "error.json"
+NOT_RUN_FILE = "not_run.json"
+"""In a row folder: why the last ``segexp-table run`` could not run the row under this profile."""
 SEED_DIR = re.compile(r"^seed(\d+)$")
 
 
@@ -47,6 +49,7 @@ class RowResults:
     records: dict[int, dict[str, Any]] = field(default_factory=dict)
     errors: dict[int, str] = field(default_factory=dict)
     stale: list[int] = field(default_factory=list)
+    not_run: str | None = None
 
     def warnings(self) -> list[str]:
         seen: dict[str, None] = {}
@@ -63,7 +66,7 @@ def seed_dirs(row_dir: Path) -> dict[int, Path]:
 
 def load_row(row_dir: Path) -> RowResults:
     """Seeds with a metrics.json; seeds recorded under an older config hash than the newest are stale."""
-    results = RowResults()
+    results = RowResults(not_run=(read_json(row_dir / NOT_RUN_FILE) or {}).get("reason"))
     records = {seed: read_json(path / TABLE_ROW_FILE) or {} for seed, path in seed_dirs(row_dir).items()}
     newest = max(records.values(), key=lambda r: r.get("written_at", ""), default={}).get("config_hash")
     for seed, path in sorted(seed_dirs(row_dir).items()):
