@@ -166,7 +166,11 @@ rows:
 def test_schema_errors_name_the_file_and_the_key(tmp_path: Path, old: str, new: str, key: str, message: str) -> None:
     assert old in GOOD
     load_spec(write_spec(tmp_path, GOOD))
-    path = write_spec(tmp_path, GOOD.replace(old, new, 1))
+    assert_spec_error(write_spec(tmp_path, GOOD.replace(old, new, 1)), key, message)
+
+
+def assert_spec_error(path: Path, key: str, message: str) -> None:
+    """Loading ``path`` fails with ``<path>: <key>: ...<message>...``."""
     with pytest.raises(SpecError) as err:
         load_spec(path)
     assert str(err.value).startswith(f"{path}: {key}: "), str(err.value)
@@ -209,11 +213,7 @@ def test_staged_rows_schema(tmp_path: Path, old: str, new: str, key: str, messag
     assert [[r.name for r in stage] for stage in training_stages(spec.rows)] == [["a"], ["b"]]
     assert [r.name for r in select_rows(spec, ["c"])] == ["a", "b", "c"]
     assert old in STAGED
-    path = write_spec(tmp_path, STAGED.replace(old, new, 1))
-    with pytest.raises(SpecError) as err:
-        load_spec(path)
-    assert str(err.value).startswith(f"{path}: {key}: "), str(err.value)
-    assert message in str(err.value)
+    assert_spec_error(write_spec(tmp_path, STAGED.replace(old, new, 1)), key, message)
 
 
 def test_profile_errors_name_the_file_and_the_key(tmp_path: Path) -> None:
