@@ -26,6 +26,8 @@ from segexp.tables.spec import INIT_KEY, Profile, Protocol, Row, TableSpec, over
 from segexp.tables.store import TABLE_ROW_FILE
 
 TRAIN, EVAL = "train", "eval"
+CHECKPOINTS = "checkpoints"
+LAST_CKPT = "last.ckpt"
 BASIC_LAUNCHER = "basic"
 HASH_OUTPUT_DIR = "/segexp-table-row"
 """output_dir used when composing for the hash, so the hash does not depend on where outputs live."""
@@ -229,13 +231,10 @@ def plan_train_job(spec: TableSpec, row: Row, profile: Profile, seed: int, base_
     :class:`NotRunUnderProfile`, or ConfigError / Hydra errors when it cannot run."""
     from segexp.builders import validate
 
-    overrides = train_overrides(spec, row, profile, extra)
-    cfg = compose(overrides, seed)
     distributed = distributed_overrides(spec, row, profile, seed)
     start = [f"{INIT_KEY}={last_checkpoint(source.run_dir)}"] if source is not None else []
-    if distributed or start:
-        overrides = merge_overrides(overrides, distributed, start)
-        cfg = compose(overrides, seed)
+    overrides = merge_overrides(train_overrides(spec, row, profile, extra), distributed, start)
+    cfg = compose(overrides, seed)
     validate(cfg)
     if (problem := multi_node_problem(cfg, launcher)) is not None:
         raise NotRunUnderProfile(problem)
@@ -253,7 +252,8 @@ def plan_train_job(spec: TableSpec, row: Row, profile: Profile, seed: int, base_
 
 
 def last_checkpoint(run_dir: Path) -> Path:
-    return run_dir / "checkpoints" / "last.ckpt"
+    """``<run dir>/checkpoints/last.ckpt``: what eval-only and ``init_from`` rows read, and resume uses."""
+    return run_dir / CHECKPOINTS / LAST_CKPT
 
 
 def record_stamp(run_dir: Path) -> int | None:

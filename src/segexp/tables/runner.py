@@ -33,10 +33,12 @@ from omegaconf import DictConfig
 
 from segexp.run import write_json_atomic
 from segexp.tables.plan import (
+    CHECKPOINTS,
     EVAL,
     TRAIN,
     Job,
     NotRunUnderProfile,
+    last_checkpoint,
     plan_eval_job,
     plan_train_job,
     row_file_text,
@@ -47,8 +49,6 @@ from segexp.tables.store import ERROR_FILE, METRICS_FILE, NOT_RUN_FILE, TABLE_RO
 
 ROWS_FOLDER = ".table_rows"
 LOGS_FOLDER = "_logs"
-CHECKPOINTS = "checkpoints"
-LAST_CKPT = "last.ckpt"
 LOCK_FILE = ".lock"
 RESUMABLE_ERRORS = ("KeyboardInterrupt",)
 """error.json errors after which a row resumes from last.ckpt instead of starting over."""
@@ -103,9 +103,8 @@ def prune_checkpoints(run_dir: Path, which: Sequence[str] | None = None) -> None
     """Delete ``best-step*.ckpt`` ("best") and/or ``last.ckpt`` ("last") of a run."""
     if which is None:
         which = (read_json(run_dir / TABLE_ROW_FILE) or {}).get("prune", [])
-    folder = run_dir / CHECKPOINTS
-    doomed = (list(folder.glob("best-step*.ckpt")) if "best" in which else []) + (
-        [folder / LAST_CKPT] if "last" in which else [])
+    doomed = (list((run_dir / CHECKPOINTS).glob("best-step*.ckpt")) if "best" in which else []) + (
+        [last_checkpoint(run_dir)] if "last" in which else [])
     for path in doomed:
         path.unlink(missing_ok=True)
 
@@ -124,7 +123,7 @@ def can_resume(job: Job) -> bool:
     if job.kind != TRAIN or job_record(job).get("config_hash") != job.config_hash:
         return False
     error = (read_json(job.run_dir / ERROR_FILE) or {}).get("error")
-    return (job.run_dir / CHECKPOINTS / LAST_CKPT).is_file() and (error is None or error.startswith(RESUMABLE_ERRORS))
+    return last_checkpoint(job.run_dir).is_file() and (error is None or error.startswith(RESUMABLE_ERRORS))
 
 
 def prune_policy(job: Job, profile: Profile, has_dependents: bool) -> list[str]:
@@ -275,12 +274,17 @@ Trained = dict[tuple[str, int], Job]
 
 
 def plan_stage(spec: TableSpec, rows: Sequence[Row], profile: Profile, seeds: int, base_dir: Path,
-               extra: Sequence[str], launcher: str | None, trained: Trained, result: RunResult) -> Trained:
-    """Plan one stage's training jobs; a row that cannot run is recorded (not run / failed), the others go on."""
+               extra: Sequence[str], launcher: str | None, trained: Trained, result: RunResult,
+               planned: Trained | None = None) -> Trained:
+    """Plan one stage's training jobs; a row that cannot run is recorded (not run / failed), the others go on.
+    A job in ``planned`` of a row without ``init_from`` is reused: nothing its hash covers has changed since."""
     jobs = {}
     for row in rows:
         for seed in range(seeds):
             label = f"{row.name}/seed{seed}"
+            if row.init_from is None and (row.name, seed) in (planned or {}):
+                jobs[row.name, seed] = planned[row.name, seed]
+                continue
             source = trained.get((row.init_from, seed)) if row.init_from else None
             if row.init_from and source is None:
                 result.failed[label] = f"its init_from row {row.init_from} could not be planned"
@@ -317,7 +321,7 @@ def sources_to_rerun(trained: Trained, evals: Sequence[Job]) -> set[Path]:
     for job in [*evals, *reversed(list(trained.values()))]:  # dependents before their sources
         if job.source_dir is None or (is_done(job) and job.run_dir not in rerun):
             continue
-        if not (job.source_dir / CHECKPOINTS / LAST_CKPT).is_file() and job.source_dir in by_dir:
+        if not last_checkpoint(job.source_dir).is_file() and job.source_dir in by_dir:
             rerun.add(job.source_dir)
     return rerun
 
@@ -330,7 +334,7 @@ def print_plan(jobs: Sequence[Job], kind: str, rerun: set[Path]) -> None:
         where = "own process" if job.own_process else f"{kind} sweep"
         print(f"  {job.label:<28} {state:<22} {where:<12} {display_path(job.run_dir)}")
         if job.source_dir is not None:
-            print(f"      from: {display_path(job.source_dir / CHECKPOINTS / LAST_CKPT)}")
+            print(f"      from: {display_path(last_checkpoint(job.source_dir))}")
         for warning in job.warnings:
             print(f"      warning: {warning}")
 
@@ -416,7 +420,7 @@ def run_table(spec: TableSpec, profile: Profile, seeds: int = 1, rows: Sequence[
                        warnings=planning.warnings)
     with table_lock(how.base_dir):
         record_not_run(how.base_dir, selected, planning.not_run)
-        trained = run_stages(spec, stages, profile, seeds, config_extra, how, rerun, result)
+        trained = run_stages(spec, stages, profile, seeds, config_extra, how, rerun, result, trained)
         evals = run_evals(spec, profile, selected, seeds, trained, how, result)
         if profile.checkpoints == "none":
             prune_used_sources([*trained.values(), *evals])
@@ -436,18 +440,19 @@ def record_not_run(base_dir: Path, rows: Sequence[Row], reasons: dict[str, str])
 
 
 def run_stages(spec: TableSpec, stages: Sequence[Sequence[Row]], profile: Profile, seeds: int,
-               extra: Sequence[str], how: Launch, rerun: set[Path], result: RunResult) -> Trained:
-    """Each stage as one launch, planned once the checkpoints of the stage before exist."""
+               extra: Sequence[str], how: Launch, rerun: set[Path], result: RunResult, planned: Trained) -> Trained:
+    """Each stage as one launch; rows built on another (``init_from``) are planned again once the stage
+    before has run, since relaunching their source changes their hash."""
     dependents = {(r.source, s) for stage in stages for r in stage if r.source for s in range(seeds)}
     dependents |= {(r.eval_of, s) for r in spec.rows if r.is_eval for s in range(seeds)}
     trained: Trained = {}
     for stage in stages:
-        jobs = plan_stage(spec, stage, profile, seeds, how.base_dir, extra, how.launcher, trained, result)
+        jobs = plan_stage(spec, stage, profile, seeds, how.base_dir, extra, how.launcher, trained, result, planned)
         todo = [j for j in jobs.values() if not is_done(j) or j.run_dir in rerun]
         result.skipped += [j.label for j in jobs.values() if j not in todo]
         runnable = []
         for job in todo:
-            if job.source_dir is not None and not (job.source_dir / CHECKPOINTS / LAST_CKPT).is_file():
+            if job.source_dir is not None and not last_checkpoint(job.source_dir).is_file():
                 result.failed[job.label] = f"no checkpoint of {display_path(job.source_dir)} (its row did not finish)"
                 continue
             prune = prune_policy(job, profile, (job.row.name, job.seed) in dependents)
@@ -467,7 +472,7 @@ def run_evals(spec: TableSpec, profile: Profile, rows: Sequence[Row], seeds: int
     for job in evals:
         if is_done(job):
             result.skipped.append(job.label)
-        elif not (job.source_dir / CHECKPOINTS / LAST_CKPT).is_file():
+        elif not last_checkpoint(job.source_dir).is_file():
             result.failed[job.label] = f"no checkpoint of {display_path(job.source_dir)} (its row did not finish)"
         else:
             runnable.append(job)
