@@ -17,7 +17,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.segexp-installed
 TORCH_SOURCE := $(if $(TORCH_INDEX_URL),--extra-index-url $(TORCH_INDEX_URL),)
 
-.PHONY: install train test test-slow bench lint clean table tables tables-list
+.PHONY: install train test test-slow test-gpu bench lint clean table tables tables-list
 
 install: $(STAMP)
 
@@ -36,6 +36,9 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(BIN)/pytest -q -m slow $(ARGS)
+
+test-gpu: $(STAMP)
+	$(BIN)/pytest -q -m gpu -rs $(ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python -m segexp.bench $(ARGS)

@@ -60,14 +60,14 @@ def test_fcn_invalid_arguments() -> None:
     [((6, 12, 18), True, 5), ((6, 12, 18), False, 4), ((6, 12, 18, 24), True, 6), ((6, 12, 18, 24), False, 5)],
 )
 def test_aspp_branches_and_output_shape(rates: tuple[int, ...], image_pooling: bool, branches: int) -> None:
-    head = ASPPHead(32, 5, channels=16, rates=rates, image_pooling=image_pooling)
+    head = ASPPHead(32, 5, output_stride=16, channels=16, rates=rates, image_pooling=image_pooling)
     assert head.num_branches == branches
     assert head.project[0].in_channels == branches * 16
     assert head(torch.randn(2, 32, 9, 11)).shape == (2, 5, 9, 11)
 
 
 def test_aspp_rates_scale_with_output_stride() -> None:
-    head = ASPPHead(16, 3, channels=8)
+    head = ASPPHead(16, 3, output_stride=16, channels=8)
     assert head.dilations == (6, 12, 18)
     head.set_output_stride(8)  # "the rates are doubled when output_stride=8"
     assert head.dilations == (12, 24, 36)
@@ -75,10 +75,10 @@ def test_aspp_rates_scale_with_output_stride() -> None:
     head.set_output_stride(32)
     assert head.dilations == (3, 6, 9)
     with pytest.raises(ValueError, match="rate 3"):
-        ASPPHead(16, 3, rates=[3, 6]).set_output_stride(32)
+        ASPPHead(16, 3, output_stride=16, rates=[3, 6]).set_output_stride(32)
     with pytest.raises(ValueError, match="rate 6"):
-        ASPPHead(16, 3, rates=[6]).set_output_stride(128)
-    half = ASPPHead(16, 3, rates=[12, 24], rates_output_stride=8)
+        ASPPHead(16, 3, output_stride=16, rates=[6]).set_output_stride(128)
+    half = ASPPHead(16, 3, output_stride=8, rates=[12, 24], rates_output_stride=8)
     assert half.dilations == (12, 24)
     half.set_output_stride(16)
     assert half.dilations == (6, 12)
@@ -86,7 +86,7 @@ def test_aspp_rates_scale_with_output_stride() -> None:
 
 def test_large_rate_branch_degenerates_to_1x1() -> None:
     """Sec. 3.3 / Fig. 4: with a rate >= the feature size, only the centre tap of the 3x3 filter sees data."""
-    head = ASPPHead(16, 3, channels=8, rates=(18,)).eval()
+    head = ASPPHead(16, 3, output_stride=16, channels=8, rates=(18,)).eval()
     conv = head.atrous[0][0]
     x = torch.randn(2, 16, 9, 9)
     centre_only = F.conv2d(x, conv.weight[:, :, 1:2, 1:2])
@@ -94,7 +94,7 @@ def test_large_rate_branch_degenerates_to_1x1() -> None:
 
 
 def test_image_pooling_branch_is_spatially_constant() -> None:
-    head = ASPPHead(16, 3, channels=8).eval()
+    head = ASPPHead(16, 3, output_stride=16, channels=8).eval()
     pool = head.image_pool
     nn.init.uniform_(pool.bn.running_mean, -0.1, 0.1)
     x = torch.randn(2, 16, 7, 5)
@@ -123,7 +123,7 @@ def _train_step(head: nn.Module, batch: int) -> float:
 
 def test_aspp_trains_at_batch_2_and_explains_batch_1() -> None:
     torch.manual_seed(0)
-    head = ASPPHead(16, 3, channels=8).train()
+    head = ASPPHead(16, 3, output_stride=16, channels=8).train()
     before = head.classifier.weight.detach().clone()
     assert torch.isfinite(torch.tensor(_train_step(head, batch=2)))
     assert not torch.equal(before, head.classifier.weight)
@@ -134,8 +134,8 @@ def test_aspp_trains_at_batch_2_and_explains_batch_1() -> None:
     with torch.no_grad():
         assert head.eval()(torch.randn(1, 16, 9, 9)).shape == (1, 3, 9, 9)
 
-    _train_step(ASPPHead(16, 3, channels=8, image_pooling=False).train(), batch=1)
-    _train_step(freeze_batchnorm(ASPPHead(16, 3, channels=8)).train(), batch=1)  # stage 2: BN frozen
+    _train_step(ASPPHead(16, 3, output_stride=16, channels=8, image_pooling=False).train(), batch=1)
+    _train_step(freeze_batchnorm(ASPPHead(16, 3, output_stride=16, channels=8)).train(), batch=1)  # stage 2: BN frozen
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -177,7 +177,7 @@ def aspp_formula(cin: int = 2048, c: int = 256, rates: int = 3, classes: int = 2
 
 
 def test_deeplabv3_resnet101_parameter_count() -> None:
-    backbone, head = ResNet(101, output_stride=16), ASPPHead(2048, 21)
+    backbone, head = ResNet(101, output_stride=16), ASPPHead(2048, 21, output_stride=16)
     assert n_params(backbone) == resnet101_formula() == 42_500_160  # torchvision resnet101 minus its fc
     assert n_params(head) == aspp_formula() == 15_540_501
     assert n_params(backbone) + n_params(head) == 58_040_661

@@ -18,9 +18,11 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-pytestmark = pytest.mark.skipif(
-    torch.cuda.device_count() < 2, reason="SyncBN statistics check needs >= 2 CUDA devices (NCCL, one rank per GPU)"
-)
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(torch.cuda.device_count() < 2,
+                       reason="SyncBN statistics check needs >= 2 CUDA devices (NCCL, one rank per GPU)"),
+]
 
 CHANNELS = 5
 

@@ -8,6 +8,9 @@ are passed here, not repeated in YAML.
 
 from __future__ import annotations
 
+import difflib
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,11 +41,51 @@ class ModelOptions:
     eval_output_stride: int | None = None
     init_from: str | None = None
     freeze_bn: bool = False
+    channels_last: bool | None = None
+    compile: bool = False
 
 
 def validate(cfg: DictConfig) -> None:
     """Fail before training on unknown keys or wrongly typed values (see :mod:`segexp.config`)."""
     validate_config(cfg, {"data": SegmentationDataModule, "model": ModelOptions})
+
+
+HYDRA_FLAGS_WITHOUT_PRECHECK = ("-m", "--multirun", "-h", "--help", "--hydra-help", "-c", "--cfg", "-i", "--info",
+                                "--shell-completion", "-sc")
+
+
+def check_command_line(argv: Sequence[str], config_name: str) -> None:
+    """Raise :class:`ConfigError` with a "did you mean" suggestion when ``argv`` overrides a key that does not
+    exist (``backbone.dpeth=50``). Hydra itself only says the key "is not in struct"; composing the same
+    overrides with ``+`` lets :func:`validate` name the closest valid key. Other problems are left to Hydra."""
+    from hydra.errors import ConfigCompositionException
+
+    from segexp.info import compose_config
+
+    if any(arg.split("=")[0] in HYDRA_FLAGS_WITHOUT_PRECHECK for arg in argv):
+        return
+    overrides = [arg for arg in argv if not arg.startswith("-")]
+    try:
+        compose_config(overrides, config_name)
+    except ConfigCompositionException as err:
+        unknown = re.search(r"Could not override '([^']+)'", str(err))
+        if unknown is None or "To append to your config use +" not in str(err):
+            return
+        key = unknown.group(1)
+        added = [f"+{arg}" if arg.split("=", 1)[0] == key else arg for arg in overrides]
+        try:
+            cfg = compose_config(added, config_name)
+        except Exception:  # noqa: BLE001 -- let Hydra report what the precheck cannot explain
+            return
+        if config_name == "train":
+            validate(cfg)  # names the closest parameter of a model part, of data or of model
+        parent, _, name = key.rpartition(".")
+        node = OmegaConf.select(cfg, parent) if parent else cfg
+        close = difflib.get_close_matches(name, [str(k) for k in node if str(k) != name], n=1) if node else []
+        hint = f" Did you mean '{parent + '.' if parent else ''}{close[0]}'?" if close else ""
+        raise ConfigError(f"Unknown config key '{key}'.{hint} (new keys need '+{key}=...')") from None
+    except Exception:  # noqa: BLE001 -- sweeps and other errors: Hydra reports them itself
+        return
 
 
 def model_options(cfg: DictConfig) -> ModelOptions:
@@ -56,16 +99,23 @@ def build_datamodule(cfg: DictConfig) -> SegmentationDataModule:
 
 
 def build_segmentor(cfg: DictConfig, num_classes: int) -> Segmentor:
-    """Backbone from ``cfg.backbone``, head from ``cfg.head`` sized to it, optional aux head."""
+    """Backbone from ``cfg.backbone``; head from ``cfg.head`` sized to it and built at its output stride
+    (ASPP rates scaled, see :mod:`segexp.heads.aspp`); optional aux head."""
     options = model_options(cfg)
     backbone = instantiate(cfg.backbone)
-    head = instantiate(cfg.head, in_channels=backbone.out_channels, num_classes=num_classes)
+    output_stride = int(backbone.output_stride)
+    try:
+        head = instantiate(cfg.head, in_channels=backbone.out_channels, num_classes=num_classes,
+                           output_stride=output_stride)
+    except ValueError as err:
+        raise ConfigError(f"head at backbone.output_stride={output_stride}: {err}") from err
     aux_head = None
     if options.aux_weight > 0:
-        aux_head = FCNHead(
-            backbone.aux_channels, num_classes, channels=options.aux_channels, dropout=options.aux_dropout
-        )
+        aux_head = FCNHead(backbone.aux_channels, num_classes, output_stride=output_stride,
+                           channels=options.aux_channels, dropout=options.aux_dropout)
     model = Segmentor(backbone, head, aux_head, align_corners=options.align_corners)
+    if options.eval_output_stride is not None:
+        check_output_stride(model, options.eval_output_stride, "model.eval_output_stride")
     if options.init_from is not None:
         load_model_weights(model, options.init_from)
     if options.freeze_bn:
@@ -73,6 +123,19 @@ def build_segmentor(cfg: DictConfig, num_classes: int) -> Segmentor:
     if options.bn_momentum is not None:
         set_bn_momentum(model, options.bn_momentum)
     return model
+
+
+def check_output_stride(model: Segmentor, output_stride: int, key: str) -> None:
+    """Fail before any work when some part cannot run at ``output_stride`` (the error names ``key``); the
+    model is left at the output stride it was built at."""
+    built = model.output_stride
+    try:
+        model.set_output_stride(output_stride)
+    except ValueError as err:
+        raise ConfigError(f"{key}={output_stride}: the model built at output stride {built} cannot run "
+                          f"there: {err}") from err
+    finally:
+        model.set_output_stride(built)
 
 
 def load_model_weights(model: Segmentor, path: str) -> None:
@@ -90,18 +153,28 @@ def load_model_weights(model: Segmentor, path: str) -> None:
     model.load_state_dict(weights, strict=True)
 
 
-def checkpoint_model_weights(path: str) -> dict[str, torch.Tensor]:
-    """The ``model.*`` entries (prefix removed) of a Lightning checkpoint, read with ``weights_only=True``."""
+def read_checkpoint(path: str, key: str) -> dict[str, Any]:
+    """A Lightning checkpoint (a dict with a ``state_dict``), read with ``weights_only=True``; every error
+    names ``key=path`` and says the file is not a segexp checkpoint (``segexp-eval ckpt=``, ``model.init_from``)."""
     file = Path(path).expanduser()
     if not file.is_file():
-        raise ConfigError(f"model.init_from={path}: no such checkpoint file")
+        raise ConfigError(f"{key}={path}: no such checkpoint file")
     try:
         checkpoint = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several types for corrupt or foreign files
-        raise ConfigError(f"model.init_from={path}: cannot read the checkpoint: {err}") from err
-    state = checkpoint.get("state_dict") if isinstance(checkpoint, dict) else None
-    if not isinstance(state, dict):
-        raise ConfigError(f"model.init_from={path}: not a Lightning checkpoint (no 'state_dict' entry)")
+    except Exception as err:  # torch raises several types for foreign, corrupt or truncated files
+        raise ConfigError(
+            f"{key}={path}: not a segexp checkpoint (a .ckpt written by segexp-train); torch cannot read it as "
+            f"one ({type(err).__name__}): a truncated file, another format, or a pickle of arbitrary objects"
+        ) from err
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
+        raise ConfigError(f"{key}={path}: not a Lightning checkpoint (no 'state_dict' entry), so not a segexp "
+                          "checkpoint")
+    return checkpoint
+
+
+def checkpoint_model_weights(path: str) -> dict[str, torch.Tensor]:
+    """The ``model.*`` entries (prefix removed) of a Lightning checkpoint, read with ``weights_only=True``."""
+    state = read_checkpoint(path, "model.init_from")["state_dict"]
     weights = {key.removeprefix("model."): value for key, value in state.items() if key.startswith("model.")}
     if not weights:
         raise ConfigError(f"model.init_from={path}: the checkpoint's state_dict has no 'model.*' entries")
@@ -148,6 +221,8 @@ def build_module(cfg: DictConfig, datamodule: SegmentationDataModule) -> Segment
         aux_weight=options.aux_weight,
         downsample_labels=options.downsample_labels,
         eval_output_stride=options.eval_output_stride,
+        channels_last=options.channels_last,
+        compile_model=options.compile,
         inference=instantiate(cfg.inference) if cfg.get("inference") else None,
         config=plain_config(cfg),
     )

@@ -1,7 +1,9 @@
-"""Callbacks: validation examples for the dashboards and submission PNGs for the evaluation servers."""
+"""Callbacks: the latest-state checkpoint, validation examples for the dashboards and submission PNGs for the
+evaluation servers."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -9,10 +11,50 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
+from pytorch_lightning.trainer.states import TrainerFn
 from torch import Tensor
 
 from segexp.datasets.base import IGNORE_INDEX, SegmentationDataset
 from segexp.submission import save_png_atomic, submission_name, submission_png
+
+
+class LastCheckpoint(pl.Callback):
+    """``<dirpath>/last.ckpt`` is always the latest training state: written after every validation during
+    fitting and once more when training ends, whatever the validation metric did.
+
+    (Lightning's ``ModelCheckpoint(save_last=True)`` writes ``last.ckpt`` only when it also writes a top-k
+    checkpoint, so with ``monitor`` set it lags behind whenever the metric did not improve.) The file is
+    written beside itself as ``last.ckpt.tmp`` and renamed over the old one, so an interrupted write never
+    replaces a good checkpoint with a torn one.
+    """
+
+    FILENAME = "last.ckpt"
+
+    def __init__(self, dirpath: str | Path) -> None:
+        self.dirpath = Path(dirpath)
+        self.saved_step: int | None = None
+
+    @property
+    def path(self) -> Path:
+        return self.dirpath / self.FILENAME
+
+    def save(self, trainer: pl.Trainer) -> None:
+        """Write the trainer's full state (weights, optimizer, loops, callbacks) to ``last.ckpt``."""
+        if self.saved_step == trainer.global_step:
+            return
+        tmp = self.path.with_name(self.FILENAME + ".tmp")
+        trainer.save_checkpoint(tmp)  # every rank takes part; rank 0 writes
+        if trainer.is_global_zero:
+            os.replace(tmp, self.path)
+        trainer.strategy.barrier("LastCheckpoint.save")
+        self.saved_step = trainer.global_step
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking:
+            self.save(trainer)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.save(trainer)
 
 
 class ValidationExamples(pl.Callback):

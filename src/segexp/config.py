@@ -42,12 +42,25 @@ def wandb_mode() -> str:
         return "offline"
 
 
+def gpu_mixed_precision() -> str:
+    """Lightning precision for GPU training: ``bf16-mixed`` where the GPU supports bfloat16 (Ampere and
+    later), else ``16-mixed`` (float16 with a gradient scaler). Without CUDA (planning a run on a login
+    node) the answer is ``bf16-mixed``, so config hashes agree with those of current GPUs."""
+    import torch
+
+    if torch.cuda.is_available() and not torch.cuda.is_bf16_supported(including_emulation=False):
+        return "16-mixed"
+    return "bf16-mixed"
+
+
 def register_resolvers() -> None:
-    """Resolvers used by conf/: ``${repo_root:}`` and ``${wandb_mode:}``."""
+    """Resolvers used by conf/: ``${repo_root:}``, ``${wandb_mode:}`` and ``${gpu_mixed_precision:}``."""
     if not OmegaConf.has_resolver("repo_root"):
         OmegaConf.register_new_resolver("repo_root", lambda: str(REPO_ROOT))
     if not OmegaConf.has_resolver("wandb_mode"):
         OmegaConf.register_new_resolver("wandb_mode", wandb_mode)
+    if not OmegaConf.has_resolver("gpu_mixed_precision"):
+        OmegaConf.register_new_resolver("gpu_mixed_precision", gpu_mixed_precision)
 
 
 register_resolvers()

@@ -18,21 +18,23 @@ to score: the evaluation server computes the scores from the PNGs.
 from __future__ import annotations
 
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import hydra
-import torch
 from omegaconf import DictConfig, OmegaConf
 
-from segexp.builders import build_datamodule, build_module, validate
+from segexp.builders import build_datamodule, build_module, check_command_line, read_checkpoint, validate
 from segexp.callbacks import SavePredictions
 from segexp.config import CONF_DIR, ConfigError
 from segexp.datasets.base import SegmentationDataset
 from segexp.run import (
     build_loggers,
     build_trainer,
+    exit_on_config_error,
+    failure_record,
     finish_loggers,
     metrics_payload,
     output_dir_of,
@@ -42,12 +44,10 @@ from segexp.run import (
 
 def load_checkpoint(path: str) -> dict[str, Any]:
     """A Lightning checkpoint written by segexp-train, opened with ``weights_only=True``."""
-    file = Path(path)
-    if not file.is_file():
-        raise FileNotFoundError(f"ckpt={path}: no such checkpoint file")
-    checkpoint = torch.load(file, map_location="cpu", weights_only=True)
-    if "segexp" not in checkpoint or "state_dict" not in checkpoint:
-        raise ConfigError(f"ckpt={path} was not written by segexp-train (no 'segexp' config entry)")
+    checkpoint = read_checkpoint(path, "ckpt")
+    if "segexp" not in checkpoint:
+        raise ConfigError(f"ckpt={path}: not a segexp checkpoint (no 'segexp' config entry; was it written by "
+                          "segexp-train?)")
     return checkpoint
 
 
@@ -107,7 +107,13 @@ def print_summary(metrics: dict[str, Any], split: str, metrics_path: Path) -> No
 
 
 def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
-    """Evaluate ``cfg.ckpt`` on ``data.val_split``; write and return the metrics.json payload."""
+    """Evaluate ``cfg.ckpt`` on ``data.val_split``; write and return the metrics.json payload (on any failure,
+    ``error.json`` instead)."""
+    with failure_record(output_dir_of(cfg)):
+        return evaluate_checkpoint(cfg)
+
+
+def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
     checkpoint = load_checkpoint(str(cfg.ckpt))
     run = run_config(cfg, checkpoint["segexp"]["config"])
     validate(run)
@@ -135,8 +141,10 @@ def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
     finally:
         finish_loggers(loggers, failed)
     metrics = metrics_payload(module, trainer, datamodule.batch_size, time.perf_counter() - start, output_dir)
-    metrics["steps"] = int(checkpoint.get("global_step", 0))
+    metrics["steps"] = metrics["mIoU_step"] = int(checkpoint.get("global_step", 0))
+    metrics.pop("best_mIoU"), metrics.pop("best_step")  # one evaluation: there is no best among several
     metrics["ckpt"] = str(Path(str(cfg.ckpt)).resolve())
+    metrics["inference"] = inference_settings(module)
     metrics["labelled"] = labelled
     if not labelled:
         metrics.update(unlabelled_scores(datamodule.class_names))
@@ -148,6 +156,19 @@ def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
     return metrics
 
 
+def inference_settings(module: Any) -> dict[str, Any]:
+    """How the scores were computed: test-time scales, flip, whole image or sliding window, output stride."""
+    inference = module.inference
+    return {
+        "scales": list(inference.scales),
+        "flip": inference.flip,
+        "mode": inference.mode,
+        "crop_size": list(inference.crop_size) if inference.crop_size else None,
+        "stride": list(inference.stride) if inference.stride else None,
+        "output_stride": module.eval_output_stride or module.model.output_stride,
+    }
+
+
 def hydra_result(metrics: dict[str, Any]) -> float:
     """What ``main`` returns to Hydra (e.g. for sweepers): the mIoU, NaN for a split without labels."""
     score = metrics["mIoU"]
@@ -155,8 +176,21 @@ def hydra_result(metrics: dict[str, Any]) -> float:
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="eval")
-def main(cfg: DictConfig) -> float:
+def hydra_main(cfg: DictConfig) -> float:
+    exit_on_config_error(lambda: require_ckpt(cfg))
     return hydra_result(run_evaluation(cfg))
+
+
+def require_ckpt(cfg: DictConfig) -> None:
+    if OmegaConf.is_missing(cfg, "ckpt"):
+        raise ConfigError("ckpt=<path> is required: the segexp-train checkpoint to evaluate, e.g. "
+                          "ckpt=outputs/train/runs/<time>/checkpoints/last.ckpt")
+
+
+def main() -> None:
+    """Console entry point: a misspelt key gets a "did you mean" answer before Hydra runs the job."""
+    exit_on_config_error(lambda: check_command_line(sys.argv[1:], "eval"))
+    hydra_main()
 
 
 if __name__ == "__main__":

@@ -18,8 +18,9 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 from torch.utils.flop_counter import FlopCounterMode
 
-from segexp.builders import build_datamodule, build_segmentor, validate
+from segexp.builders import build_datamodule, build_segmentor, check_command_line, validate
 from segexp.config import CONF_DIR
+from segexp.run import exit_on_config_error
 
 
 def compose_config(overrides: Sequence[str], config_name: str = "train") -> DictConfig:
@@ -61,9 +62,20 @@ def model_summary(cfg: DictConfig) -> dict[str, Any]:
     }
 
 
+USAGE = """usage: segexp-info [OVERRIDE ...] [--json]
+
+The model a training config builds, without training: parameters (total and per part), size in MB as
+float32, output stride and FLOPs of one forward pass on one training crop. OVERRIDEs are those of
+segexp-train, e.g.:  segexp-info backbone=resnet101 head=aspp dataset=voc data.crop_size=[513,513]"""
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
+    if "-h" in args or "--help" in args:
+        print(USAGE)
+        return
     as_json = "--json" in args
+    exit_on_config_error(lambda: check_command_line([a for a in args if a != "--json"], "train"))
     summary = model_summary(compose_config([a for a in args if a != "--json"]))
     if as_json:
         print(json.dumps(summary, indent=2))

@@ -16,6 +16,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torchmetrics import MeanMetric
 
 from segexp.inference import Inference
 from segexp.metrics import confusion_matrix_metric, metrics_from_confusion
@@ -39,6 +40,8 @@ class SegmentationModule(pl.LightningModule):
         aux_weight: float = 0.0,
         downsample_labels: bool = False,
         eval_output_stride: int | None = None,
+        channels_last: bool | None = None,
+        compile_model: bool = False,
         inference: Inference | None = None,
         config: dict[str, Any] | None = None,
     ) -> None:
@@ -50,11 +53,40 @@ class SegmentationModule(pl.LightningModule):
         self.aux_weight = aux_weight
         self.downsample_labels = downsample_labels
         self.eval_output_stride = eval_output_stride
+        self.channels_last = channels_last
+        self.compile_model = compile_model
+        self._memory_format = torch.contiguous_format
+        self._compiled = False
         self.inference = inference or Inference()
         self.config = config or {}
         self.confusion = confusion_matrix_metric(len(self.class_names))
+        self.eval_loss = MeanMetric()  # batch-size weighted, synchronised across DDP ranks
         self.last_metrics: dict[str, Any] = {}
         self.last_val_step = -1
+        self.best_miou: float | None = None
+        self.best_step: int | None = None
+
+    # ------------------------------------------------------------ device setup
+    def setup(self, stage: str) -> None:
+        """Speed settings that depend on the device: channels_last (on CUDA unless disabled) and compile.
+
+        Both act in place on the network, so parameter names (checkpoints, optimizer groups) are unchanged.
+        ``torch.compile`` wraps the backbone and heads, not this LightningModule, so ``self.log`` and
+        Lightning's DDP wrapper stay outside the compiled graphs.
+        """
+        on_cuda = self.trainer.strategy.root_device.type == "cuda" if self._trainer is not None else False
+        if self.channels_last if self.channels_last is not None else on_cuda:
+            self._memory_format = torch.channels_last
+            self.model.to(memory_format=torch.channels_last)
+        if self.compile_model and not self._compiled:
+            for part in (self.model.backbone, self.model.head, self.model.aux_head):
+                if part is not None:
+                    part.compile()
+            self._compiled = True
+
+    def in_model_layout(self, images: Tensor) -> Tensor:
+        """``images`` in the network's memory format (NHWC after :meth:`setup` chose channels_last)."""
+        return images.contiguous(memory_format=self._memory_format)
 
     # ----------------------------------------------------------------- training
     def forward(self, images: Tensor) -> Tensor:
@@ -68,7 +100,7 @@ class SegmentationModule(pl.LightningModule):
         return self.loss(self.model.upsample(logits, tuple(labels.shape[-2:])), labels)
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        outputs = self.model.forward_raw(batch["image"])
+        outputs = self.model.forward_raw(self.in_model_layout(batch["image"]))
         loss = self.head_loss(outputs["out"], batch["label"])
         if "aux" in outputs:
             aux = self.head_loss(outputs["aux"], batch["label"])
@@ -99,12 +131,11 @@ class SegmentationModule(pl.LightningModule):
         return self.inference(self.model, images)
 
     def _eval_step(self, batch: dict[str, Tensor], prefix: str) -> Tensor:
-        logits = self.predict_logits(batch["image"])
+        logits = self.predict_logits(self.in_model_layout(batch["image"]))
         labels = batch["label"]
         self.confusion.update(logits.argmax(dim=1), labels)
         if self.inference.is_plain:  # otherwise the scores are averaged probabilities, not logits
-            loss = self.loss(logits, labels)
-            self.log(f"{prefix}/loss", loss, sync_dist=True, batch_size=labels.shape[0])
+            self.eval_loss.update(self.loss(logits, labels), weight=labels.shape[0])
         return logits
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
@@ -140,18 +171,34 @@ class SegmentationModule(pl.LightningModule):
         self.confusion.reset()
         self.last_metrics = metrics
         self.last_val_step = self.global_step
-        for key in ("mIoU", "pixel_acc", "mean_acc"):
-            self.log(f"{prefix}/{key}", metrics[key], prog_bar=key == "mIoU", sync_dist=False)
-        for name, iou in metrics["per_class_iou"].items():
-            if iou is not None:
-                self.log(f"{prefix}/iou/{name}", iou)
+        self._track_best(metrics.get("mIoU"))
+        scalars = {f"{prefix}/{key}": metrics[key] for key in ("mIoU", "pixel_acc", "mean_acc")}
+        scalars.update({f"{prefix}/iou/{name}": iou for name, iou in metrics["per_class_iou"].items()
+                        if iou is not None})
+        if self.eval_loss.update_called:
+            scalars[f"{prefix}/loss"] = float(self.eval_loss.compute())
+        self.eval_loss.reset()
+        # For the checkpoint monitor and the progress bar only; the dashboards get the scalars below at
+        # global_step, the step of the checkpoint they describe (Lightning would log them one step earlier).
+        self.log(f"{prefix}/mIoU", metrics["mIoU"], prog_bar=True, logger=False, sync_dist=False)
+        if not self.trainer.sanity_checking:
+            for logger in self.loggers:
+                logger.log_metrics(scalars, step=self.global_step)
+
+    def _track_best(self, miou: float | None) -> None:
+        """The best val mIoU so far and its step (the final one is ``last_metrics``/``last_val_step``)."""
+        if miou is not None and math.isfinite(miou) and (self.best_miou is None or miou > self.best_miou):
+            self.best_miou, self.best_step = float(miou), self.global_step
 
     # -------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["segexp"] = {"config": self.config, "class_names": list(self.class_names)}
+        checkpoint["segexp"] = {"config": self.config, "class_names": list(self.class_names),
+                                "best_mIoU": self.best_miou, "best_step": self.best_step}
         # Dropout and other torch ops draw from the global RNG; restoring it makes resume exact.
         checkpoint["segexp_rng"] = torch.get_rng_state()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        stored = checkpoint.get("segexp", {})
+        self.best_miou, self.best_step = stored.get("best_mIoU"), stored.get("best_step")
         if "segexp_rng" in checkpoint:
             torch.set_rng_state(checkpoint["segexp_rng"])

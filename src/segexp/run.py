@@ -6,8 +6,11 @@ import json
 import math
 import os
 import subprocess
+import sys
+import traceback
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +22,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from pytorch_lightning.loggers import Logger, WandbLogger
 
-from segexp.config import REPO_ROOT
+from segexp.config import REPO_ROOT, ConfigError
 
 
 def hydra_job_names(output_dir: Path) -> tuple[str | None, str]:
@@ -89,11 +92,19 @@ def build_trainer(
 ) -> pl.Trainer:
     return instantiate(
         cfg.trainer,
+        log_every_n_steps=log_interval(cfg),
         default_root_dir=str(output_dir),
         logger=loggers or False,
         callbacks=callbacks,
         sync_batchnorm=effective_sync_batchnorm(cfg),
     )
+
+
+def log_interval(cfg: DictConfig) -> int:
+    """``trainer.log_every_n_steps``, but never above ``max_steps``: a short run still logs its training loss."""
+    interval = int(cfg.trainer.get("log_every_n_steps") or 50)
+    max_steps = cfg.trainer.get("max_steps")
+    return max(1, min(interval, int(max_steps))) if max_steps and int(max_steps) > 0 else interval
 
 
 def git_commit() -> str | None:
@@ -121,9 +132,13 @@ def protocol_facts(trainer: pl.Trainer, batch_size: int) -> dict[str, Any]:
 def metrics_payload(
     module: Any, trainer: pl.Trainer, batch_size: int, wall_s: float, output_dir: Path
 ) -> dict[str, Any]:
-    """The metrics.json contract: final metrics, model size, steps, time and protocol facts."""
+    """The metrics.json contract: final metrics (``mIoU`` is the final validation's, at ``mIoU_step``; the best
+    one and its step beside it), model size, steps, time and protocol facts."""
     return {
         **module.last_metrics,
+        "mIoU_step": module.last_val_step,
+        "best_mIoU": module.best_miou,
+        "best_step": module.best_step,
         "num_params": sum(p.numel() for p in module.model.parameters()),
         "steps": trainer.global_step,
         "wall_s": round(wall_s, 2),
@@ -159,6 +174,33 @@ def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(json_safe(payload), indent=2, sort_keys=False, allow_nan=False) + "\n")
     os.replace(tmp, path)
+
+
+ERROR_FILE = "error.json"
+
+
+def exit_on_config_error(check: Callable[[], None]) -> None:
+    """Run a command-line check; on a :class:`ConfigError` print its one-line message and exit with status 2."""
+    try:
+        check()
+    except ConfigError as err:
+        print(f"{Path(sys.argv[0]).name}: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+@contextmanager
+def failure_record(output_dir: Path, step: Callable[[], int] = lambda: 0) -> Iterator[None]:
+    """Any exception inside -- a bad config, a missing dataset, a crash or interrupt while training --
+    leaves ``<output_dir>/error.json`` (error, step, traceback) and propagates; a stale one is removed first.
+    A table runner reads why a job failed from this file."""
+    (output_dir / ERROR_FILE).unlink(missing_ok=True)
+    try:
+        yield
+    except BaseException as err:
+        write_json_atomic(output_dir / ERROR_FILE, {
+            "error": f"{type(err).__name__}: {err}", "step": step(), "traceback": traceback.format_exc(),
+        })
+        raise
 
 
 def output_dir_of(cfg: DictConfig) -> Path:

@@ -8,8 +8,8 @@
 
 from __future__ import annotations
 
+import sys
 import time
-import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,12 +19,15 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 
-from segexp.builders import build_datamodule, build_module, validate
-from segexp.callbacks import ValidationExamples
+from segexp.builders import build_datamodule, build_module, check_command_line, validate
+from segexp.callbacks import LastCheckpoint, ValidationExamples
 from segexp.config import CONF_DIR
+from segexp.module import SegmentationModule
 from segexp.run import (
     build_loggers,
     build_trainer,
+    exit_on_config_error,
+    failure_record,
     finish_loggers,
     metrics_payload,
     output_dir_of,
@@ -32,17 +35,19 @@ from segexp.run import (
 )
 
 
-def checkpoint_callback(output_dir: Path) -> ModelCheckpoint:
-    """``last.ckpt`` plus the best checkpoint by val mIoU, written after every validation."""
-    return ModelCheckpoint(
+def checkpoint_callbacks(output_dir: Path) -> list[pl.Callback]:
+    """``last.ckpt`` (the latest state: resume, eval-only rows, ``init_from`` stages) and, separately, the
+    best checkpoint by val mIoU (``best-step*-miou*.ckpt``), both updated after every validation."""
+    best = ModelCheckpoint(
         dirpath=output_dir / "checkpoints",
         filename="best-step{step}-miou{val/mIoU:.4f}",
         auto_insert_metric_name=False,
         monitor="val/mIoU",
         mode="max",
         save_top_k=1,
-        save_last=True,
+        save_last=False,
     )
+    return [LastCheckpoint(output_dir / "checkpoints"), best]
 
 
 def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
@@ -56,39 +61,34 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
 
 
 def run_training(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) -> dict[str, Any]:
-    """Train one configuration and return (and write) its final validation metrics."""
+    """Train one configuration and return (and write) its final validation metrics; any failure, from the
+    config check on, writes ``error.json`` instead."""
     output_dir = output_dir_of(cfg)
-    try:
+    module: SegmentationModule | None = None
+
+    def step() -> int:
+        return module.global_step if module is not None and module._trainer is not None else 0
+
+    with failure_record(output_dir, step):
         validate(cfg)
-    except Exception as err:  # a table runner reads why a multirun job failed from error.json
-        write_json_atomic(output_dir / "error.json", {"error": f"{type(err).__name__}: {err}", "step": 0})
-        raise
-    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
-    pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
-    datamodule = build_datamodule(cfg)
-    module = build_module(cfg, datamodule)
-    loggers = build_loggers(cfg, output_dir)
-    callbacks = [checkpoint_callback(output_dir), ValidationExamples(), *extra_callbacks]
-    if loggers:
-        callbacks.append(LearningRateMonitor(logging_interval="step"))
-    failed = True
-    start = time.perf_counter()
-    (output_dir / "error.json").unlink(missing_ok=True)
-    try:
-        trainer = build_trainer(cfg, output_dir, loggers, callbacks)
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-        if module.last_val_step != trainer.global_step and not trainer.interrupted:
-            trainer.validate(module, datamodule=datamodule, verbose=False)
-        failed = trainer.interrupted
-    except BaseException as err:
-        write_json_atomic(output_dir / "error.json", {
-            "error": f"{type(err).__name__}: {err}",
-            "step": module.global_step if module._trainer is not None else 0,
-            "traceback": traceback.format_exc(),
-        })
-        raise
-    finally:
-        finish_loggers(loggers, failed)
+        ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
+        pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
+        datamodule = build_datamodule(cfg)
+        module = build_module(cfg, datamodule)
+        loggers = build_loggers(cfg, output_dir)
+        callbacks = [*checkpoint_callbacks(output_dir), ValidationExamples(), *extra_callbacks]
+        if loggers:
+            callbacks.append(LearningRateMonitor(logging_interval="step"))
+        failed = True
+        start = time.perf_counter()
+        try:
+            trainer = build_trainer(cfg, output_dir, loggers, callbacks)
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+            if module.last_val_step != trainer.global_step and not trainer.interrupted:
+                trainer.validate(module, datamodule=datamodule, verbose=False)
+            failed = trainer.interrupted
+        finally:
+            finish_loggers(loggers, failed)
     metrics = metrics_payload(module, trainer, datamodule.batch_size, time.perf_counter() - start, output_dir)
     if trainer.is_global_zero and not failed:
         write_json_atomic(output_dir / "metrics.json", metrics)
@@ -117,9 +117,15 @@ def dashboard_hint(logger: Any, output_dir: Path) -> str:
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
-def main(cfg: DictConfig) -> float:
-    """Console entry point; returns val mIoU so Hydra sweepers can optimise it."""
+def hydra_main(cfg: DictConfig) -> float:
+    """Returns val mIoU so Hydra sweepers can optimise it."""
     return float(run_training(cfg)["mIoU"])
+
+
+def main() -> None:
+    """Console entry point: a misspelt key gets a "did you mean" answer before Hydra runs the job."""
+    exit_on_config_error(lambda: check_command_line(sys.argv[1:], "train"))
+    hydra_main()
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ pure function of the pair, which is what makes resumed training bit-exact.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -131,11 +132,15 @@ def split_parts(split: str, dataset: str) -> list[str]:
 
 
 def check_root(root: Path, dataset: str) -> None:
-    """Raise :class:`DatasetError` unless ``root`` is an existing, non-empty folder."""
+    """Raise :class:`DatasetError` unless ``root`` is an existing, non-empty folder; the message gives the
+    normalised path and the two ways of pointing segexp at the data."""
+    where = os.path.normpath(os.path.abspath(root))
+    hint = ("point segexp at the data with SEGEXP_DATA_DIR=<folder holding the datasets> or "
+            f"dataset.root=<path of the {dataset} folder>")
     if not root.is_dir():
-        raise DatasetError(f"{dataset}: dataset root not found: {root}")
+        raise DatasetError(f"{dataset}: dataset root not found: {where}; {hint}")
     if not any(root.iterdir()):
-        raise DatasetError(f"{dataset}: dataset root is empty: {root}")
+        raise DatasetError(f"{dataset}: dataset root is empty: {where}; {hint}")
 
 
 def check_label_values(label: np.ndarray, num_classes: int, path: Path) -> np.ndarray:

@@ -9,8 +9,11 @@ What it computes, for a (B, in_channels, h, w) feature map:
 * concat -> 1x1 conv to ``channels`` + BN + ReLU -> dropout -> 1x1 classifier conv (with bias) to
   ``num_classes`` logits at h x w.
 
-Rates are given for ``rates_output_stride`` (16 in the paper) and scaled by ``set_output_stride``: "the rates
-are doubled when output_stride=8" (Sec. 3.3), i.e. dilation = rate * rates_output_stride / output_stride.
+Rates are given for ``rates_output_stride`` (16 in the paper) and scaled to the output stride of the features
+the head reads: "the rates are doubled when output_stride=8" (Sec. 3.3), i.e. dilation = rate *
+rates_output_stride / output_stride. The head is built at ``output_stride`` (the backbone's, passed by the
+builder) and ``set_output_stride`` re-scales the same weights for another one (DeepLabv3 Table 10); rates
+that do not scale to an integer dilation raise a ValueError naming the output stride asked for.
 
 Batch size 1: the image-level branch's BN sees one value per channel (a 1x1 map per sample). torch's
 BatchNorm cannot form batch statistics from it and raises; torchvision keeps this BN and requires batch >= 2
@@ -70,6 +73,7 @@ class ASPPHead(nn.Module):
         self,
         in_channels: int,
         num_classes: int,
+        output_stride: int,
         channels: int = 256,
         rates: Sequence[int] | None = DEFAULT_RATES,
         image_pooling: bool = True,
@@ -90,25 +94,32 @@ class ASPPHead(nn.Module):
         self.project = _conv_bn_relu(self.num_branches * channels, channels, kernel_size=1)
         self.dropout: nn.Module = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
         self.classifier = nn.Conv2d(channels, num_classes, kernel_size=1, bias=True)
-        self.output_stride = rates_output_stride
-        self.set_output_stride(rates_output_stride)
+        self.output_stride = output_stride
+        self.set_output_stride(output_stride)
 
     @property
     def dilations(self) -> tuple[int, ...]:
         """Current dilation of each atrous branch."""
         return tuple(branch[0].dilation[0] for branch in self.atrous)
 
-    def set_output_stride(self, output_stride: int) -> None:
-        """Set each atrous branch to dilation rate * rates_output_stride / output_stride (padding alike)."""
+    def dilations_at(self, output_stride: int) -> tuple[int, ...]:
+        """Each atrous branch's dilation at ``output_stride``: rate * rates_output_stride / output_stride."""
         dilations = []
         for rate in self.rates:
             scaled = rate * self.rates_output_stride
             if scaled % output_stride or scaled < output_stride:
                 raise ValueError(
-                    f"ASPP rate {rate} (given for output stride {self.rates_output_stride}) is not a positive "
-                    f"integer dilation at output_stride={output_stride}"
+                    f"ASPP rates {list(self.rates)} (given for output stride {self.rates_output_stride}) do not "
+                    f"scale to output stride {output_stride}: rate {rate} would be dilation "
+                    f"{scaled / output_stride:g}; choose rates that are multiples of {output_stride} / "
+                    f"gcd(rates_output_stride, {output_stride}) or another output stride"
                 )
             dilations.append(scaled // output_stride)
+        return tuple(dilations)
+
+    def set_output_stride(self, output_stride: int) -> None:
+        """Set each atrous branch to its dilation at ``output_stride`` (padding alike)."""
+        dilations = self.dilations_at(output_stride)
         for branch, dilation in zip(self.atrous, dilations):
             conv: nn.Conv2d = branch[0]
             conv.dilation = (dilation, dilation)

@@ -22,6 +22,7 @@ class FCNHead(nn.Module):
         self,
         in_channels: int,
         num_classes: int,
+        output_stride: int | None = None,
         channels: int = 0,
         kernel_size: int = 1,
         dilation: int = 1,
@@ -42,6 +43,7 @@ class FCNHead(nn.Module):
             )
         self.in_channels = in_channels
         self.num_classes = num_classes
+        self.output_stride = output_stride
         self.features: nn.Module = nn.Identity()
         classifier_in = in_channels
         if channels > 0:
@@ -56,6 +58,18 @@ class FCNHead(nn.Module):
         self.classifier = nn.Conv2d(
             classifier_in, num_classes, kernel_size=kernel_size, padding=padding, dilation=dilation, bias=True
         )
+
+    def set_output_stride(self, output_stride: int) -> None:
+        """The classifier's dilation is given in feature pixels at the output stride it was built at and is
+        not re-scaled: evaluating a dilated k x k classifier at another output stride is refused rather than
+        silently changing its field of view. A 1x1 or undilated classifier works at any output stride."""
+        dilation = self.classifier.dilation[0]
+        if dilation > 1 and self.output_stride is not None and output_stride != self.output_stride:
+            raise ValueError(
+                f"FCNHead: the classifier's dilation {dilation} is fixed for output stride {self.output_stride}; "
+                f"it is not re-scaled to output stride {output_stride}"
+            )
+        self.output_stride = output_stride
 
     def forward(self, x: Tensor) -> Tensor:
         return self.classifier(self.dropout(self.features(x)))

@@ -47,13 +47,15 @@ class PolySchedule:
         return max(factor, self.min_lr / self.lr) if self.lr > 0 else factor
 
     def param_groups(self, backbone: nn.Module, heads: Iterable[nn.Module]) -> list[dict]:
-        """Split parameters into backbone/head groups, each with and without weight decay."""
+        """Split parameters into backbone/head groups, each with and without weight decay. Each group is
+        named (``backbone``, ``head``, ``backbone_no_decay``, ...): the dashboards' LR curves carry the name."""
         groups: list[dict] = []
-        for modules, mult in (([backbone], 1.0), (list(heads), self.head_lr_mult)):
+        for part, modules, mult in (("backbone", [backbone], 1.0), ("head", list(heads), self.head_lr_mult)):
             decay, no_decay = _split_decay(modules, self.no_decay_norm_bias)
-            for params, wd in ((decay, self.weight_decay), (no_decay, 0.0)):
+            for params, wd, suffix in ((decay, self.weight_decay, ""), (no_decay, 0.0, "_no_decay")):
                 if params:
-                    groups.append({"params": params, "lr": self.lr * mult, "weight_decay": wd})
+                    groups.append({"params": params, "lr": self.lr * mult, "weight_decay": wd,
+                                   "name": part + suffix})
         return groups
 
     def build(
