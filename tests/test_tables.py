@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 from segexp.backbones.resnet import ResNet
 from segexp.config import REPO_ROOT
 from segexp.info import compose_config
-from segexp.tables import cli
+from segexp.tables import cli, runner
 from segexp.tables.measure import add_measurements
 from segexp.tables.plan import (
     NotRunUnderProfile,
@@ -44,6 +44,7 @@ from segexp.tables.report import (
     write_report,
 )
 from segexp.tables.runner import (
+    RunResult,
     can_resume,
     prepare,
     run_table,
@@ -54,7 +55,6 @@ from segexp.tables.runner import (
     training_stages,
 )
 from segexp.tables.spec import (
-    PENDING,
     Protocol,
     Row,
     SpecError,
@@ -478,8 +478,32 @@ def test_list_shows_every_table_with_status(capsys: pytest.CaptureFixture[str]) 
     out = capsys.readouterr().out
     for spec in load_all():
         assert re.search(rf"^{re.escape(spec.id)}\s+{spec.status}\s+{len(spec.rows)}\s", out, re.M), spec.id
-    assert cli.main(["run", "prb.t1", "--dry-run"]) == 2  # pending tables are refused, naming why
-    assert PENDING in capsys.readouterr().err
+
+
+def test_a_named_pending_table_is_refused_with_its_reason(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("SEGEXP_OUTPUT_DIR", str(tmp_path))
+    reason = load_table("prb.t1").pending_reason
+    assert cli.main(["run", "prb.t1", "--profile", "smoke"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err == f"segexp-table: prb.t1 is pending, not run (experiments/prb/t1.yaml): {reason}\n"
+    assert list(tmp_path.iterdir()) == []  # nothing was started
+
+
+def test_run_all_skips_the_pending_tables_and_lists_them(monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    ran: list[str] = []
+
+    def fake_run_table(spec: Any, profile: Any, **_: Any) -> RunResult:
+        ran.append(spec.id)
+        return RunResult(table=spec.id, profile=profile.name)
+
+    monkeypatch.setattr(runner, "run_table", fake_run_table)
+    assert cli.main(["run", "all", "--profile", "smoke", "--dry-run"]) == 0
+    specs = load_all()
+    assert ran == [s.id for s in specs if s.ready]
+    skipped = [line for line in capsys.readouterr().out.splitlines() if line.startswith("skipped ")]
+    assert skipped == [f"skipped {s.pending_message()}" for s in specs if not s.ready] and len(skipped) == 16
 
 
 # ----------------------------------------------------------------------------- the runner end to end

@@ -4,8 +4,9 @@
     segexp-table run deeplabv3.t5 --profile smoke [--rows mg111,mg124] [--seeds 3] [--dry-run]
     segexp-table run deeplabv3.t5 --profile full --launcher submitit_slurm -- hydra.launcher.partition=gpu
     segexp-table report deeplabv3.t5 --profile smoke      # experiments/results/deeplabv3.t5.smoke.{md,csv,png}
-    segexp-table run all --profile smoke                  # every ready table (then `report all`)
+    segexp-table run all --profile smoke                  # every ready table; pending ones are listed as skipped
 
+A pending table (``status: pending``) is never run: naming one is refused with its reason (exit code 2).
 Overrides after ``--`` apply to every training row (``hydra.*`` ones go to the Hydra command line).
 """
 
@@ -48,7 +49,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 def tables_for(name: str) -> list[TableSpec]:
-    return [s for s in load_all() if s.ready] if name == ALL else [load_table(name)]
+    """The named table, or every table (ready and pending) for ``all``."""
+    return load_all() if name == ALL else [load_table(name)]
 
 
 def command_list() -> int:
@@ -71,24 +73,31 @@ def print_result(result: RunResult, seconds: float) -> None:
 
 
 def command_run(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    specs = tables_for(args.table)
+    pending = [s for s in specs if not s.ready]
+    if pending and args.table != ALL:
+        print(f"segexp-table: {pending[0].pending_message()}", file=sys.stderr)
+        return 2
     from segexp.tables.runner import run_table
 
     profile = load_profile(args.profile)
     rows = [r for r in args.rows.split(",") if r] if args.rows else None
     failed = 0
-    for spec in tables_for(args.table):
+    for spec in (s for s in specs if s.ready):
         start = time.perf_counter()
         result = run_table(spec, profile, seeds=args.seeds, rows=rows, launcher=args.launcher, extra=extra,
                            dry_run=args.dry_run, quiet=args.quiet)
         if not args.dry_run:
             print_result(result, time.perf_counter() - start)
         failed += not result.ok
+    for spec in pending:
+        print(f"skipped {spec.pending_message()}")
     return 1 if failed else 0
 
 
 def command_report(args: argparse.Namespace) -> int:
     profile = load_profile(args.profile)
-    for spec in tables_for(args.table):
+    for spec in (s for s in tables_for(args.table) if s.ready or args.table != ALL):
         paths = write_report(spec, profile)
         print(f"{spec.id} [{profile.name}]: " + ", ".join(display_path(p) for p in paths.values()))
     return 0

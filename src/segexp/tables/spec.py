@@ -168,6 +168,10 @@ class TableSpec:
     def protocol_of(self, row: Row) -> Protocol:
         return self.protocol.merged(row.protocol)
 
+    def pending_message(self) -> str:
+        """One line: this table is not run, and which components it waits for."""
+        return f"{self.id} is {self.status}, not run ({display_path(self.path)}): {self.pending_reason}"
+
 
 @dataclass(frozen=True)
 class Distributed:
