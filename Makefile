@@ -50,17 +50,16 @@ clean:
 	rm -rf outputs multirun .pytest_cache .ruff_cache
 
 # Paper tables: `make table T=deeplabv3.t5 PROFILE=smoke`, `make deeplabv3.t5`, `make tables PROFILE=smoke`.
+# `segexp-table run` ends by writing the report (profiles with `evidence: true`: experiments/results/, else outputs/).
 TABLE_IDS := $(shell ls experiments/*/t*.yaml 2>/dev/null | sed -E 's|experiments/([^/]+)/(t[0-9]+)\.yaml|\1.\2|')
 .PHONY: $(TABLE_IDS)
 
 table: $(STAMP)
 	@test -n "$(T)" || { echo "usage: make table T=<table id> [PROFILE=smoke|proxy|full]"; exit 2; }
-	$(BIN)/segexp-table run $(T) --profile $(PROFILE) $(ARGS); status=$$?; \
-	$(BIN)/segexp-table report $(T) --profile $(PROFILE) && exit $$status
+	$(BIN)/segexp-table run $(T) --profile $(PROFILE) $(ARGS)
 
 tables: $(STAMP)
-	$(BIN)/segexp-table run all --profile $(PROFILE) $(ARGS); status=$$?; \
-	$(BIN)/segexp-table report all --profile $(PROFILE) && exit $$status
+	$(BIN)/segexp-table run all --profile $(PROFILE) $(ARGS)
 
 tables-list: $(STAMP)
 	$(BIN)/segexp-table list

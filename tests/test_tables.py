@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 from segexp.backbones.resnet import ResNet
 from segexp.config import REPO_ROOT
 from segexp.info import compose_config
-from segexp.tables import cli
+from segexp.tables import cli, runner
 from segexp.tables.measure import add_measurements
 from segexp.tables.plan import (
     NotRunUnderProfile,
@@ -40,10 +40,14 @@ from segexp.tables.report import (
     SINGLE_SEED,
     VERDICT_RULE,
     WITHIN_NOISE,
+    NoRuns,
+    build_report,
+    chart,
     verdict,
     write_report,
 )
 from segexp.tables.runner import (
+    RunResult,
     can_resume,
     prepare,
     run_table,
@@ -54,7 +58,7 @@ from segexp.tables.runner import (
     training_stages,
 )
 from segexp.tables.spec import (
-    PENDING,
+    RESULTS_DIR,
     Protocol,
     Row,
     SpecError,
@@ -227,6 +231,9 @@ def test_profile_errors_name_the_file_and_the_key(tmp_path: Path) -> None:
     (tmp_path / "many.yaml").write_text("description: x\ndistributed: {overrides: [trainer=ddp_cpu]}\n")
     with pytest.raises(SpecError, match=r"many.yaml: distributed.max_processes: required key is missing"):
         load_profile("many", root=tmp_path)
+    (tmp_path / "odd.yaml").write_text("description: x\nevidence: 'yes'\n")
+    with pytest.raises(SpecError, match=r"odd.yaml: evidence: expected bool, got 'yes'"):
+        load_profile("odd", root=tmp_path)
     with pytest.raises(SpecError, match="unknown profile 'nope'"):
         load_profile("nope", root=tmp_path)
     with pytest.raises(SpecError, match="unknown table id 'deeplabv3.t99'"):
@@ -427,7 +434,13 @@ def test_report_from_fabricated_runs(tmp_path: Path) -> None:
     assert "| 76.58 | 50.00 | -26.58 | mg111 | +1.22 | -21.00 | single seed |" in md
     assert "failed: seed0: RuntimeError: boom" in md and "| 77.21 | missing |" in md
     assert VERDICT_RULE in md
+    assert md.count(f"`{base_dir}/mg111/seed0`, `{base_dir}/mg111/seed1`, `{base_dir}/mg111/seed2` |") == 1
+    assert md.count(f"| `{base_dir}/mg124/seed0` |") == 1 and md.count(f"| `{base_dir}/mg124_aspp24/seed0` |") == 1
+    never_ran = next(line for line in md.splitlines() if line.startswith("| `mg124_pool`"))
+    assert never_ran.endswith("| 77.21 | missing | — | mg124 | +0.63 | — | — |  |  |")  # no run dir
     rows = {r["row"]: r for r in csv.DictReader(paths["csv"].open())}
+    assert rows["mg111"]["run_dir"] == f"{base_dir}/mg111/seed0; {base_dir}/mg111/seed1; {base_dir}/mg111/seed2"
+    assert rows["mg124_pool"]["run_dir"] == ""
     assert float(rows["mg121"]["measured_delta"]) == pytest.approx(5.0)
     assert rows["mg121"]["verdict"] == REPRODUCED and rows["mg124_aspp24"]["status"] == "failed"
     assert paths["png"].read_bytes()[:4] == b"\x89PNG"
@@ -445,6 +458,64 @@ def test_report_of_a_delta_table_and_stale_seeds(tmp_path: Path) -> None:
     assert "| `pac_1_3_5_7_9_sum` 5 rates (1,3,5,7,9), sum | +0.29 | +0.50 | +0.21 | deeplabv3 | +0.29 | +0.50 |" in md
     assert "ignored seeds run under an older config: [1]" in md
     assert "status: **pending**" in md and "| pending: needs the PAC head" in md
+
+
+def tree(root: Path) -> list[tuple[str, int, int]]:
+    """Every file under ``root``: (relative path, size, mtime in ns)."""
+    return sorted((str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns)
+                  for p in root.rglob("*") if p.is_file())
+
+
+def test_smoke_reports_are_scratch_output_and_evidence_reports_are_tracked(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SEGEXP_OUTPUT_DIR", str(tmp_path / "out"))
+    assert [load_profile(p).evidence for p in ("smoke", "proxy", "full")] == [False, True, True]
+    results_before = tree(RESULTS_DIR)
+    spec, smoke = load_table("deeplabv3.t5"), load_profile("smoke")
+    fabricate(tmp_path / "out" / "tables" / "deeplabv3.t5" / "smoke", "mg111", 0, {"mIoU": 0.5})
+    paths = write_report(spec, smoke)
+    reports = tmp_path / "out" / "tables" / "reports"
+    assert paths == {s: reports / f"deeplabv3.t5.smoke.{s}" for s in ("md", "csv", "png")}
+    assert all(p.is_file() for p in paths.values())
+    assert tree(RESULTS_DIR) == results_before
+
+
+def test_a_profile_without_runs_says_so_instead_of_a_table_of_missing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("SEGEXP_OUTPUT_DIR", str(tmp_path))
+    message = (f"no runs of deeplabv3.t5 under profile smoke yet (nothing in {tmp_path}/tables/deeplabv3.t5/smoke): "
+               "run `segexp-table run deeplabv3.t5 --profile smoke`")
+    with pytest.raises(NoRuns) as err:
+        write_report(load_table("deeplabv3.t5"), load_profile("smoke"), results_dir=tmp_path / "results")
+    assert str(err.value) == message
+    assert cli.main(["report", "deeplabv3.t5", "--profile", "smoke"]) == 1
+    assert capsys.readouterr().out == f"deeplabv3.t5 [smoke]: {message}\n"
+    assert list(tmp_path.iterdir()) == []  # no report files, no folders
+
+
+@pytest.mark.parametrize(("table_id", "labels"), [
+    ("deeplabv3.t5", ["mIoU (%)"]),
+    ("pacbal.t2", ["mIoU Δ (%)"]),                            # the paper reports deltas
+    ("deeplabv3.t11", ["mIoU (%)", "relative_time (x baseline)"]),
+])
+def test_chart_legend_is_outside_the_bars_and_values_are_in_percent(tmp_path: Path, table_id: str,
+                                                                    labels: list[str]) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    spec = load_table(table_id)
+    for index, row in enumerate(spec.rows):
+        fabricate(tmp_path, row.name, 0, {"mIoU": 0.5 + 0.01 * index})
+    fig = chart(build_report(spec, load_profile("smoke"), base_dir=tmp_path))
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    assert [ax.get_ylabel() for ax in fig.axes] == labels
+    assert len(fig.legends) == 1 and not any(ax.get_legend() for ax in fig.axes)
+    legend = fig.legends[0].get_window_extent(renderer)
+    figure = fig.bbox
+    assert figure.x0 <= legend.x0 and legend.x1 <= figure.x1 and figure.y0 <= legend.y0  # drawn inside the image
+    for ax in fig.axes:
+        assert not legend.overlaps(ax.get_window_extent(renderer)), (legend, ax.get_window_extent(renderer))
 
 
 def test_relative_time_is_wall_time_over_the_baselines(tmp_path: Path) -> None:
@@ -479,8 +550,32 @@ def test_list_shows_every_table_with_status(capsys: pytest.CaptureFixture[str]) 
     out = capsys.readouterr().out
     for spec in load_all():
         assert re.search(rf"^{re.escape(spec.id)}\s+{spec.status}\s+{len(spec.rows)}\s", out, re.M), spec.id
-    assert cli.main(["run", "prb.t1", "--dry-run"]) == 2  # pending tables are refused, naming why
-    assert PENDING in capsys.readouterr().err
+
+
+def test_a_named_pending_table_is_refused_with_its_reason(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("SEGEXP_OUTPUT_DIR", str(tmp_path))
+    reason = load_table("prb.t1").pending_reason
+    assert cli.main(["run", "prb.t1", "--profile", "smoke"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err == f"segexp-table: prb.t1 is pending, not run (experiments/prb/t1.yaml): {reason}\n"
+    assert list(tmp_path.iterdir()) == []  # nothing was started
+
+
+def test_run_all_skips_the_pending_tables_and_lists_them(monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    ran: list[str] = []
+
+    def fake_run_table(spec: Any, profile: Any, **_: Any) -> RunResult:
+        ran.append(spec.id)
+        return RunResult(table=spec.id, profile=profile.name)
+
+    monkeypatch.setattr(runner, "run_table", fake_run_table)
+    assert cli.main(["run", "all", "--profile", "smoke", "--dry-run"]) == 0
+    specs = load_all()
+    assert ran == [s.id for s in specs if s.ready]
+    skipped = [line for line in capsys.readouterr().out.splitlines() if line.startswith("skipped ")]
+    assert skipped == [f"skipped {s.pending_message()}" for s in specs if not s.ready] and len(skipped) == 16
 
 
 # ----------------------------------------------------------------------------- the runner end to end
@@ -547,6 +642,22 @@ def test_staged_rows_train_from_their_source_and_rerun_it_when_its_checkpoint_is
     assert third.ran == ["a/seed0", "b/seed0", "c/seed0"]
 
 
+@pytest.mark.usefixtures("one_thread")
+def test_run_ends_by_writing_the_report_under_outputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """`segexp-table run deeplabv3.t5 --rows mg111` (smoke) writes the scratch report, not experiments/results."""
+    monkeypatch.setenv("SEGEXP_OUTPUT_DIR", str(tmp_path))
+    results_before = tree(RESULTS_DIR)
+    assert cli.main(["run", "deeplabv3.t5", "--profile", "smoke", "--rows", "mg111", "--quiet"]) == 0
+    reports = tmp_path / "tables" / "reports"
+    assert sorted(p.name for p in reports.iterdir()) == [f"deeplabv3.t5.smoke.{s}" for s in ("csv", "md", "png")]
+    assert f"deeplabv3.t5 [smoke] report: {reports}/deeplabv3.t5.smoke.md" in capsys.readouterr().out
+    md = (reports / "deeplabv3.t5.smoke.md").read_text()
+    assert f"| `{tmp_path}/tables/deeplabv3.t5/smoke/mg111/seed0` |" in md
+    assert md.count("| missing |") == 4  # the other rows were not asked for
+    assert tree(RESULTS_DIR) == results_before
+
+
 def test_report_points_a_test_server_row_to_its_predictions(tmp_path: Path) -> None:
     spec, full = load_table("deeplabv3.t7"), load_profile("full")
     fabricate(tmp_path, "trainval_os8", 0, {"mIoU": 0.9})
@@ -580,6 +691,7 @@ def test_every_ready_table_runs_under_smoke(table_id: str, tmp_path: Path) -> No
     assert set(result.ran) == expected
     md = write_report(spec, smoke, base_dir=tmp_path / "runs", results_dir=tmp_path)["md"].read_text()
     assert md.count("| missing") == 0 and md.count("| failed") == 0
+    assert all(f"`{tmp_path}/runs/{label}`" in md for label in expected)
 
 
 @pytest.mark.slow

@@ -3,9 +3,12 @@
     segexp-table list
     segexp-table run deeplabv3.t5 --profile smoke [--rows mg111,mg124] [--seeds 3] [--dry-run]
     segexp-table run deeplabv3.t5 --profile full --launcher submitit_slurm -- hydra.launcher.partition=gpu
-    segexp-table report deeplabv3.t5 --profile smoke      # experiments/results/deeplabv3.t5.smoke.{md,csv,png}
-    segexp-table run all --profile smoke                  # every ready table (then `report all`)
+    segexp-table run all --profile smoke                  # every ready table; pending ones are listed as skipped
+    segexp-table report deeplabv3.t5 --profile smoke      # rewrite the report from the runs on disk
 
+``run`` ends by writing the table's report: ``experiments/results/<id>.<profile>.{md,csv,png}`` for a profile
+with ``evidence: true`` (proxy, full), ``outputs/tables/reports/`` for the others (smoke: scratch output).
+A pending table (``status: pending``) is never run: naming one is refused with its reason (exit code 2).
 Overrides after ``--`` apply to every training row (``hydra.*`` ones go to the Hydra command line).
 """
 
@@ -18,8 +21,17 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from segexp.tables.report import write_report
-from segexp.tables.spec import SpecError, TableSpec, display_path, load_all, load_profile, load_table, profile_names
+from segexp.tables.report import NoRuns, write_report
+from segexp.tables.spec import (
+    Profile,
+    SpecError,
+    TableSpec,
+    display_path,
+    load_all,
+    load_profile,
+    load_table,
+    profile_names,
+)
 from segexp.tables.store import profile_dir, rows_with_results
 
 if TYPE_CHECKING:  # the runner imports torch and Lightning: only `run` needs it
@@ -33,7 +45,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="segexp-table", description=__doc__.split("\n\n")[0].strip("`: "))
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="every table with its status and how many rows have results per profile")
-    run = sub.add_parser("run", help="run a table's missing rows as one Hydra multirun")
+    run = sub.add_parser("run", help="run a table's missing rows as one Hydra multirun, then write its report")
     run.add_argument("table", help=f"table id (e.g. deeplabv3.t5), or '{ALL}' for every ready table")
     run.add_argument("--profile", default=DEFAULT_PROFILE)
     run.add_argument("--rows", help="comma-separated row names (default: all rows)")
@@ -41,14 +53,15 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--launcher", help="Hydra launcher plugin (hydra/launcher=NAME), e.g. submitit_slurm")
     run.add_argument("--dry-run", action="store_true", help="print what would run, write nothing")
     run.add_argument("--quiet", action="store_true", help="do not echo the training output")
-    report = sub.add_parser("report", help="write experiments/results/<id>.<profile>.{md,csv,png}")
+    report = sub.add_parser("report", help="write <id>.<profile>.{md,csv,png} (experiments/results or outputs)")
     report.add_argument("table", help=f"table id, or '{ALL}' for every ready table")
     report.add_argument("--profile", default=DEFAULT_PROFILE)
     return p
 
 
 def tables_for(name: str) -> list[TableSpec]:
-    return [s for s in load_all() if s.ready] if name == ALL else [load_table(name)]
+    """The named table, or every table (ready and pending) for ``all``."""
+    return load_all() if name == ALL else [load_table(name)]
 
 
 def command_list() -> int:
@@ -70,28 +83,45 @@ def print_result(result: RunResult, seconds: float) -> None:
         print(f"  not run {row}: {note}")
 
 
+def report_table(spec: TableSpec, profile: Profile) -> bool:
+    """Write the table's report and say where, or say plainly that there are no runs to report on."""
+    try:
+        paths = write_report(spec, profile)
+    except NoRuns as why:
+        print(f"{spec.id} [{profile.name}]: {why}")
+        return False
+    print(f"{spec.id} [{profile.name}] report: " + ", ".join(display_path(p) for p in paths.values()))
+    return True
+
+
 def command_run(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    specs = tables_for(args.table)
+    pending = [s for s in specs if not s.ready]
+    if pending and args.table != ALL:
+        print(f"segexp-table: {pending[0].pending_message()}", file=sys.stderr)
+        return 2
     from segexp.tables.runner import run_table
 
     profile = load_profile(args.profile)
     rows = [r for r in args.rows.split(",") if r] if args.rows else None
     failed = 0
-    for spec in tables_for(args.table):
+    for spec in (s for s in specs if s.ready):
         start = time.perf_counter()
         result = run_table(spec, profile, seeds=args.seeds, rows=rows, launcher=args.launcher, extra=extra,
                            dry_run=args.dry_run, quiet=args.quiet)
         if not args.dry_run:
             print_result(result, time.perf_counter() - start)
+            report_table(spec, profile)
         failed += not result.ok
+    for spec in pending:
+        print(f"skipped {spec.pending_message()}")
     return 1 if failed else 0
 
 
 def command_report(args: argparse.Namespace) -> int:
     profile = load_profile(args.profile)
-    for spec in tables_for(args.table):
-        paths = write_report(spec, profile)
-        print(f"{spec.id} [{profile.name}]: " + ", ".join(display_path(p) for p in paths.values()))
-    return 0
+    written = [report_table(spec, profile) for spec in tables_for(args.table) if spec.ready or args.table != ALL]
+    return 0 if all(written) or args.table == ALL else 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -3,7 +3,11 @@
 Per row and metric (in the paper's units, e.g. mIoU x 100): the paper value, the measured mean +- sample
 std over seeds, measured - paper, and against the baseline row the paper's delta, the measured delta and
 a verdict on whether the measured seeds reproduce the paper's delta (:func:`verdict`), plus the run's
-protocol warnings and its folder. Files are written atomically (temporary file + ``os.replace``).
+protocol warnings and its seed folders. Files are written atomically (temporary file + ``os.replace``).
+
+Where: a profile with ``evidence: true`` (proxy, full) writes ``experiments/results/<id>.<profile>.*``,
+tracked evidence; any other (smoke) writes scratch output to ``outputs/tables/reports/`` (under
+``$SEGEXP_OUTPUT_DIR``). A table with no runs under the profile gets no report: :class:`NoRuns` says so.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from segexp.tables.spec import (
     DELTA,
@@ -28,8 +32,12 @@ from segexp.tables.spec import (
     TableSpec,
     display_path,
     metric_scale,
+    metric_unit,
 )
-from segexp.tables.store import RowResults, load_row, profile_dir
+from segexp.tables.store import RowResults, load_row, profile_dir, scratch_reports_dir
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 REPRODUCED, OPPOSITE, WITHIN_NOISE, SINGLE_SEED = "reproduced", "opposite", "within noise", "single seed"
 NOISE_MARGIN = 2.0
@@ -44,6 +52,10 @@ VERDICT_RULE = (
 OK, NOT_RUN, FAILED, MISSING, PENDING_ROW = "ok", "not run", "failed", "missing", "pending"
 RAW_KEYS = {"relative_time": "wall_s"}
 """Metrics derived from another metrics.json key (relative_time = wall_s / the baseline's)."""
+
+
+class NoRuns(LookupError):
+    """A table has nothing under a profile's run folder yet: there is nothing to report."""
 
 
 def mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
@@ -96,7 +108,7 @@ class Cell:
     verdict: str = ""
     detail: str = ""
     warnings: list[str] = field(default_factory=list)
-    run_dir: str = ""
+    run_dirs: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -109,6 +121,10 @@ class TableReport:
 
     def cells_of(self, metric: str) -> list[Cell]:
         return [c for c in self.cells if c.metric == metric]
+
+    @property
+    def has_runs(self) -> bool:
+        return any(not r.empty for r in self.results.values())
 
     def facts(self) -> str:
         runs = [m for r in self.results.values() for m in r.seeds.values()]
@@ -148,11 +164,12 @@ def row_status(spec: TableSpec, row: Row, results: RowResults) -> tuple[str, str
     return MISSING, ""
 
 
-def build_cell(spec: TableSpec, row: Row, metric: str, results: dict[str, RowResults], base_dir: Path) -> Cell:
+def build_cell(spec: TableSpec, row: Row, metric: str, results: dict[str, RowResults]) -> Cell:
     status, detail = row_status(spec, row, results[row.name])
     baseline = spec.baseline_of(row)
     cell = Cell(row=row, metric=metric, status=status, detail=detail, paper=row.paper.get(metric),
-                baseline=baseline, warnings=results[row.name].warnings(), run_dir=display_path(base_dir / row.name))
+                baseline=baseline, warnings=results[row.name].warnings(),
+                run_dirs=[display_path(p) for p in results[row.name].run_dirs()])
     if results[row.name].stale:
         cell.warnings.append(f"ignored seeds run under an older config: {results[row.name].stale}")
     values = raw_values(metric, results[row.name])
@@ -186,7 +203,7 @@ def build_cell(spec: TableSpec, row: Row, metric: str, results: dict[str, RowRes
 def build_report(spec: TableSpec, profile: Profile, base_dir: Path | None = None) -> TableReport:
     base_dir = base_dir or profile_dir(spec.id, profile.name)
     results = {row.name: load_row(base_dir / row.name) for row in spec.rows}
-    cells = [build_cell(spec, row, metric, results, base_dir) for metric in spec.metrics for row in spec.rows]
+    cells = [build_cell(spec, row, metric, results) for metric in spec.metrics for row in spec.rows]
     return TableReport(spec=spec, profile=profile, base_dir=base_dir, cells=cells, results=results)
 
 
@@ -219,7 +236,7 @@ def markdown_table(cells: Sequence[Cell], deltas: bool) -> list[str]:
         lines.append("| " + " | ".join(md_escape(x) for x in (
             name, fmt(c.paper, deltas), measured_text(c, deltas), fmt(c.vs_paper, signed=True), c.baseline or "—",
             fmt(c.paper_delta, signed=True), fmt(c.measured_delta, signed=True), c.verdict or "—",
-            "; ".join(c.warnings) or "", f"`{c.run_dir}`" if c.status == OK else "")) + " |")
+            "; ".join(c.warnings) or "", ", ".join(f"`{d}`" for d in c.run_dirs))) + " |")
     return lines
 
 
@@ -241,8 +258,8 @@ def render_markdown(report: TableReport) -> str:
               "Δ vs paper = measured − paper. paper Δ / measured Δ = row − baseline row. A warning next to a row "
               "says where its run differs from the paper's protocol (batch, iterations) or where the profile "
               "replaced one of the row's own settings.", "",
-              f"Generated by `segexp-table report {spec.id} --profile {profile.name}` on "
-              f"{time.strftime('%Y-%m-%d %H:%M')}."]
+              f"Written on {time.strftime('%Y-%m-%d %H:%M')}; regenerate with "
+              f"`segexp-table report {spec.id} --profile {profile.name}`."]
     return "\n".join(lines) + "\n"
 
 
@@ -266,7 +283,8 @@ def render_csv(report: TableReport) -> str:
             "std": rounded(c.std), "n_seeds": len(c.values), "delta_vs_paper": rounded(c.vs_paper),
             "baseline": c.baseline or "", "paper_delta": rounded(c.paper_delta),
             "measured_delta": rounded(c.measured_delta), "se_delta": rounded(c.se_delta),
-            "verdict": c.verdict, "warnings": "; ".join(c.warnings), "run_dir": c.run_dir, "detail": c.detail,
+            "verdict": c.verdict, "warnings": "; ".join(c.warnings), "run_dir": "; ".join(c.run_dirs),
+            "detail": c.detail,
         })
     return out.getvalue()
 
@@ -274,33 +292,38 @@ def render_csv(report: TableReport) -> str:
 MAX_CHART_METRICS = 3
 
 
-def render_png(report: TableReport, path: Path) -> None:
-    """Grouped bars, paper vs measured (error bar: std over seeds), one panel per metric (first three)."""
-    import matplotlib
+def value_label(metric: str, deltas: bool) -> str:
+    """The value axis of a metric's panel, in the paper's units: ``mIoU (%)``, ``mIoU Δ (%)``."""
+    return f"{metric}{' Δ' if deltas else ''} ({metric_unit(metric)})"
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+
+def chart(report: TableReport) -> Figure:
+    """Grouped bars, paper vs measured (error bar: std over seeds), one panel per metric (first three).
+    One legend for the figure, below the panels, so it never covers a bar."""
+    from matplotlib.figure import Figure
 
     metrics = report.spec.metrics[:MAX_CHART_METRICS]
     names = [row.name for row in report.spec.rows]
-    fig, axes = plt.subplots(len(metrics), 1, figsize=(max(6.0, 0.55 * len(names) + 2), 3.2 * len(metrics)),
-                             squeeze=False)
-    for ax, metric in zip(axes[:, 0], metrics):
+    fig = Figure(figsize=(max(6.0, 0.55 * len(names) + 2), 3.2 * len(metrics) + 0.5), layout="constrained")
+    axes = fig.subplots(len(metrics), 1, squeeze=False)[:, 0]
+    nan = float("nan")
+    for ax, metric in zip(axes, metrics):
         cells = report.cells_of(metric)
         xs = range(len(cells))
-        nan = float("nan")
         ax.bar([x - 0.2 for x in xs], [c.paper if c.paper is not None else nan for c in cells], 0.4,
                label="paper", color="0.6")
         ax.bar([x + 0.2 for x in xs], [c.measured if c.measured is not None else nan for c in cells], 0.4,
                yerr=[c.std or 0.0 for c in cells], label=f"measured ({report.profile.name})", color="tab:blue")
         ax.set_xticks(list(xs), names, rotation=45, ha="right", fontsize=8)
-        ax.set_ylabel(metric + (" Δ" if report.spec.paper_values == DELTA else ""))
-        ax.legend(fontsize=8)
-    axes[0, 0].set_title(f"{report.spec.id}: paper vs measured ({report.profile.name} profile)", fontsize=10)
-    fig.tight_layout()
+        ax.set_ylabel(value_label(metric, report.spec.paper_values == DELTA))
+    axes[0].set_title(f"{report.spec.id}: paper vs measured ({report.profile.name} profile)", fontsize=10)
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncols=2, fontsize=8)
+    return fig
+
+
+def render_png(report: TableReport, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    chart(report).savefig(tmp, format="png", dpi=100)
     os.replace(tmp, path)
 
 
@@ -310,10 +333,24 @@ def write_text_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def report_dir(profile: Profile) -> Path:
+    """``experiments/results`` for an evidence profile, else ``outputs/tables/reports`` (scratch)."""
+    return RESULTS_DIR if profile.evidence else scratch_reports_dir()
+
+
+def no_runs_message(spec: TableSpec, profile: Profile, base_dir: Path) -> str:
+    return (f"no runs of {spec.id} under profile {profile.name} yet (nothing in {display_path(base_dir)}): "
+            f"run `segexp-table run {spec.id} --profile {profile.name}`")
+
+
 def write_report(spec: TableSpec, profile: Profile, base_dir: Path | None = None,
-                 results_dir: Path = RESULTS_DIR) -> dict[str, Path]:
-    """``<results_dir>/<id>.<profile>.{md,csv,png}``; returns the paths by suffix."""
+                 results_dir: Path | None = None) -> dict[str, Path]:
+    """``<results_dir>/<id>.<profile>.{md,csv,png}`` (default: :func:`report_dir`); returns the paths by
+    suffix. Raises :class:`NoRuns` when the profile has no runs of the table, and writes nothing then."""
     report = build_report(spec, profile, base_dir)
+    if not report.has_runs:
+        raise NoRuns(no_runs_message(spec, profile, report.base_dir))
+    results_dir = results_dir or report_dir(profile)
     results_dir.mkdir(parents=True, exist_ok=True)
     paths = {suffix: results_dir / f"{spec.id}.{profile.name}.{suffix}" for suffix in ("md", "csv", "png")}
     write_text_atomic(paths["md"], render_markdown(report))

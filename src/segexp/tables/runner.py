@@ -398,7 +398,7 @@ def run_table(spec: TableSpec, profile: Profile, seeds: int = 1, rows: Sequence[
               base_dir: Path | None = None, quiet: bool = False) -> RunResult:
     """Run what is missing of ``spec`` under ``profile``; see the module docstring."""
     if not spec.ready:
-        raise SpecError(f"{display_path(spec.path)}: status: table {spec.id} is pending: {spec.pending_reason}")
+        raise SpecError(spec.pending_message())
     if seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {seeds}")
     config_extra, hydra_extra = split_hydra(extra)

@@ -41,6 +41,8 @@ METRIC_SCALES: dict[str, float] = {
     "relative_time": 1.0,
 }
 """Factor from a metrics.json value to the papers' units (fractions -> %)."""
+METRIC_UNITS: dict[str, str] = {"size_mb": "MB", "test_time_s": "s", "relative_time": "x baseline"}
+"""The unit of the metrics not given in % (those scaled by 100)."""
 INIT_KEY = "model.init_from"
 """The training option a row's ``init_from`` sets to the source row's ``last.ckpt``."""
 RESERVED_KEYS = ("seed", "output_dir", "ckpt_path", "ckpt", "table_row", "hydra")
@@ -71,6 +73,11 @@ def metric_scale(name: str) -> float:
     if name.startswith(PER_CLASS_PREFIX):
         return 100.0
     return METRIC_SCALES[name]
+
+
+def metric_unit(name: str) -> str:
+    """The paper's unit of a metric: ``%`` for mIoU, accuracies and per-class IoU."""
+    return "%" if metric_scale(name) == 100.0 else METRIC_UNITS[name]
 
 
 def is_known_metric(name: str) -> bool:
@@ -168,6 +175,10 @@ class TableSpec:
     def protocol_of(self, row: Row) -> Protocol:
         return self.protocol.merged(row.protocol)
 
+    def pending_message(self) -> str:
+        """One line: this table is not run, and which components it waits for."""
+        return f"{self.id} is {self.status}, not run ({display_path(self.path)}): {self.pending_reason}"
+
 
 @dataclass(frozen=True)
 class Distributed:
@@ -192,6 +203,8 @@ class Profile:
     check_protocol: bool = False
     checkpoints: str = "keep"
     distributed: Distributed | None = None
+    evidence: bool = False
+    """True: reports go to ``experiments/results/`` (tracked evidence); False: scratch under outputs."""
 
 
 class _Mapping:
@@ -287,7 +300,8 @@ ROW_KEYS = ("name", "label", "overrides", "paper", "notes", "eval_of", "eval_ove
             "baseline", "protocol")
 TABLE_KEYS = ("id", "title", "paper", "dataset", "metrics", "status", "pending_reason", "notes", "base",
               "protocol", "baseline", "paper_values", "rows")
-PROFILE_KEYS = ("description", "overrides", "eval_overrides", "drop", "check_protocol", "checkpoints", "distributed")
+PROFILE_KEYS = ("description", "overrides", "eval_overrides", "drop", "check_protocol", "checkpoints", "distributed",
+                "evidence")
 DISTRIBUTED_KEYS = ("max_processes", "overrides")
 
 
@@ -442,6 +456,7 @@ def load_profile(name: str, root: Path = PROFILES_DIR) -> Profile:
         check_protocol=node.get("check_protocol", bool, default=False),
         checkpoints=node.choice("checkpoints", CHECKPOINT_POLICIES, default="keep"),
         distributed=_distributed(node),
+        evidence=node.get("evidence", bool, default=False),
     )
     check_overrides(profile.overrides, path, "overrides")
     check_overrides(profile.eval_overrides, path, "eval_overrides")

@@ -2,7 +2,8 @@
 
 Layout (written by :mod:`segexp.tables.runner`): ``outputs/tables/<id>/<profile>/<row>/seed<k>/`` with
 ``metrics.json`` (segexp-train / segexp-eval), ``table_row.json`` (the runner's record: config hash,
-overrides, warnings) and, for a failed run, ``error.json``.
+overrides, warnings) and, for a failed run, ``error.json``. Reports of profiles that are not evidence
+(``evidence: false``, e.g. smoke) are scratch output in ``outputs/tables/reports/``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ ERROR_FILE = "error.json"
 NOT_RUN_FILE = "not_run.json"
 """In a row folder: why the last ``segexp-table run`` could not run the row under this profile."""
 SEED_DIR = re.compile(r"^seed(\d+)$")
+REPORTS_FOLDER = "reports"
+"""Beside the tables' folders (ids are ``<paper>.t<N>``, so never a table's): scratch reports."""
 
 
 def outputs_root() -> Path:
@@ -30,6 +33,11 @@ def outputs_root() -> Path:
 def profile_dir(table_id: str, profile: str, root: Path | None = None) -> Path:
     """``outputs/tables/<id>/<profile>``; rows live in ``<row>/seed<k>`` below it."""
     return (root or outputs_root()) / table_id / profile
+
+
+def scratch_reports_dir(root: Path | None = None) -> Path:
+    """``outputs/tables/reports``: where the reports of a profile without ``evidence: true`` go."""
+    return (root or outputs_root()) / REPORTS_FOLDER
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
@@ -46,10 +54,21 @@ class RowResults:
     """The finished seeds of one row (only those run under the row's latest config) and its problems."""
 
     seeds: dict[int, dict[str, Any]] = field(default_factory=dict)
+    dirs: dict[int, Path] = field(default_factory=dict)
+    """The run folder of every seed (finished, failed or stale)."""
     records: dict[int, dict[str, Any]] = field(default_factory=dict)
     errors: dict[int, str] = field(default_factory=dict)
     stale: list[int] = field(default_factory=list)
     not_run: str | None = None
+
+    @property
+    def empty(self) -> bool:
+        """Nothing was ever run or recorded for this row under this profile."""
+        return not (self.dirs or self.not_run)
+
+    def run_dirs(self) -> list[Path]:
+        """The folders behind the row's result: its finished seeds, else its failed ones."""
+        return [self.dirs[seed] for seed in sorted(self.seeds or self.errors)]
 
     def warnings(self) -> list[str]:
         seen: dict[str, None] = {}
@@ -66,10 +85,11 @@ def seed_dirs(row_dir: Path) -> dict[int, Path]:
 
 def load_row(row_dir: Path) -> RowResults:
     """Seeds with a metrics.json; seeds recorded under an older config hash than the newest are stale."""
-    results = RowResults(not_run=(read_json(row_dir / NOT_RUN_FILE) or {}).get("reason"))
-    records = {seed: read_json(path / TABLE_ROW_FILE) or {} for seed, path in seed_dirs(row_dir).items()}
+    dirs = seed_dirs(row_dir)
+    results = RowResults(dirs=dirs, not_run=(read_json(row_dir / NOT_RUN_FILE) or {}).get("reason"))
+    records = {seed: read_json(path / TABLE_ROW_FILE) or {} for seed, path in dirs.items()}
     newest = max(records.values(), key=lambda r: r.get("written_at", ""), default={}).get("config_hash")
-    for seed, path in sorted(seed_dirs(row_dir).items()):
+    for seed, path in sorted(dirs.items()):
         record = records[seed]
         metrics = read_json(path / METRICS_FILE)
         if newest is not None and record.get("config_hash") not in (None, newest):
