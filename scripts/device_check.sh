@@ -59,7 +59,6 @@ for stage in $STAGES; do
       log "proxy: deeplabv3.t5 under gpu_proxy, seeds ${SEEDS:-1} -> proxy.log"
       "$PY" -m segexp.tables.cli run deeplabv3.t5 --profile gpu_proxy --seeds "${SEEDS:-1}" \
         ${ROWS:+--rows "$ROWS"} > "$OUT_DIR/proxy.log" 2>&1 || status=1
-      "$PY" -m segexp.tables.cli report deeplabv3.t5 --profile gpu_proxy >> "$OUT_DIR/proxy.log" 2>&1 || status=1
       cp experiments/results/deeplabv3.t5.gpu_proxy.md "$OUT_DIR/" 2>/dev/null
       grep -h '^| `' "$OUT_DIR/deeplabv3.t5.gpu_proxy.md" 2>/dev/null | tee -a "$OUT_DIR/summary.txt" ;;
     *) log "unknown stage $stage (tests, bench, proxy)"; status=2 ;;
