@@ -181,3 +181,15 @@ def test_deeplabv3_resnet101_parameter_count() -> None:
     assert n_params(backbone) == resnet101_formula() == 42_500_160  # torchvision resnet101 minus its fc
     assert n_params(head) == aspp_formula() == 15_540_501
     assert n_params(backbone) + n_params(head) == 58_040_661
+
+
+def test_dilated_fcn_classifier_refuses_another_output_stride() -> None:
+    """FCRN's k x k dilated classifier is fixed in feature pixels: running it at another output stride
+    would silently change its field of view, so it is refused; a 1x1 classifier works at any stride."""
+    dilated = FCNHead(64, 21, output_stride=16, kernel_size=3, dilation=6)
+    dilated.set_output_stride(16)
+    with pytest.raises(ValueError, match="dilation 6 is fixed for output stride 16"):
+        dilated.set_output_stride(8)
+    pointwise = FCNHead(64, 21, output_stride=16)
+    pointwise.set_output_stride(8)
+    assert pointwise.output_stride == 8

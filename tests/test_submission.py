@@ -164,7 +164,9 @@ def test_eval_of_a_split_without_labels_needs_save_predictions(voc_run, make_cfg
     expected = r"^data\.val_split=test: the split has no labels .* pass save_predictions=true"
     with pytest.raises(ConfigError, match=expected):
         run_evaluation(cfg)
-    assert not Path(cfg.output_dir).exists()  # failed before any work: no run folder, no model, no trainer
+    # failed before any work: the run folder holds only the reason (no model, no trainer, no metrics)
+    assert [p.name for p in Path(cfg.output_dir).iterdir()] == ["error.json"]
+    assert "data.val_split=test" in json.loads((Path(cfg.output_dir) / "error.json").read_text())["error"]
 
 
 def test_metrics_json_writes_non_finite_values_as_null(tmp_path: Path) -> None:

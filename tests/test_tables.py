@@ -593,7 +593,7 @@ def test_rerun_after_a_kill_runs_only_the_missing_rows(tmp_path: Path) -> None:
     """fcrn.t1's two ResNet-50 rows plus an eval-only row under smoke; then one row's result is lost."""
     spec = load_table("fcrn.t1")
     eval_row = Row(name="os16_at_os8", paper={"mIoU": 0.0}, eval_of="r50_os16_k3_d6",
-                   eval_overrides=("model.eval_output_stride=8",))
+                   eval_overrides=("inference.flip=true",))
     spec = dataclasses.replace(spec, rows=(spec.row("r50_os16_k3_d6"), spec.row("r50_os8_k3_d6"), eval_row))
     smoke, base_dir = load_profile("smoke"), tmp_path / "table"
     first = run_table(spec, smoke, base_dir=base_dir, quiet=True)
