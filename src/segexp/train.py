@@ -25,6 +25,7 @@ from segexp.config import CONF_DIR
 from segexp.run import (
     build_loggers,
     build_trainer,
+    export_submitit_local_ranks,
     finish_loggers,
     metrics_payload,
     output_dir_of,
@@ -57,6 +58,7 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
 
 def run_training(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) -> dict[str, Any]:
     """Train one configuration and return (and write) its final validation metrics."""
+    export_submitit_local_ranks()
     output_dir = output_dir_of(cfg)
     try:
         validate(cfg)
