@@ -3,11 +3,12 @@
 The sampler shards the epoch order by rank (every R-th entry), so batch k of the R ranks together is batch k
 of one process with an R times larger batch; with frozen BN (no batch statistics) and an equal number of
 labelled pixels per sample, DDP's averaged gradients then equal the full-batch gradient, and the weights
-after a few SGD steps agree to float32 rounding.
+after a few SGD steps agree to float32 rounding, whether Lightning or torchrun starts the two ranks.
 """
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections import Counter
@@ -69,13 +70,23 @@ def max_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> fl
     return max((a[k].double() - b[k].double()).abs().max().item() for k in a)
 
 
-def test_ddp_on_two_cpu_processes_matches_one_process_on_the_combined_batch(tmp_path: Path) -> None:
+LIGHTNING_STARTS_RANKS = ["-m", "segexp.train"]
+"""Lightning starts rank 1 itself by re-running the command line."""
+TORCHRUN = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "segexp.train"]
+"""``torchrun --standalone --nproc_per_node=2 -m segexp.train``: torchrun starts both ranks (Lightning's
+TorchElasticEnvironment); ``hydra.run.dir`` is given, so both ranks share one run dir."""
+
+
+@pytest.mark.parametrize("launcher", [LIGHTNING_STARTS_RANKS, TORCHRUN], ids=["lightning", "torchrun"])
+def test_ddp_on_two_cpu_processes_matches_one_process_on_the_combined_batch(tmp_path: Path,
+                                                                            launcher: list[str]) -> None:
     ddp_dir = tmp_path / "ddp"
-    command = [sys.executable, "-m", "segexp.train", *EQUIVALENCE_RUN, "trainer=ddp_cpu", "data.batch_size=2",
+    command = [sys.executable, *launcher, *EQUIVALENCE_RUN, "trainer=ddp_cpu", "data.batch_size=2",
                f"hydra.run.dir={ddp_dir}"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert '"world_size": 2' in (ddp_dir / "metrics.json").read_text()
+    metrics = json.loads((ddp_dir / "metrics.json").read_text())  # written by rank 0
+    assert (metrics["world_size"], metrics["effective_batch"], metrics["steps"]) == (2, 4, 3)
 
     single_cfg = compose_config([*EQUIVALENCE_RUN, "data.batch_size=4", f"output_dir={tmp_path / 'single'}"])
     run_training(single_cfg)

@@ -29,6 +29,7 @@ from segexp.tables.plan import (
     eval_overrides,
     merge_overrides,
     needs_own_process,
+    plan_eval_job,
     plan_train_job,
     protocol_warnings,
     row_file_text,
@@ -47,8 +48,10 @@ from segexp.tables.report import (
     write_report,
 )
 from segexp.tables.runner import (
+    Launch,
     RunResult,
     can_resume,
+    launch,
     prepare,
     run_table,
     select_rows,
@@ -386,6 +389,59 @@ def test_launch_commands_one_sweep_or_one_process_per_row(tmp_path: Path) -> Non
     assert "+table_row=mg111/seed0" in single
 
 
+def test_submitit_rows_ask_for_one_task_per_device() -> None:
+    """DeepLabv3 Table 11 under submitit: each DDP rank is one task, tasks_per_node = devices, nodes = num_nodes,
+    and a GPU row asks for its GPUs; a CPU (gloo) row asks for none; other launchers get nothing."""
+    spec, full, smoke = load_table("deeplabv3.t11"), load_profile("full"), load_profile("smoke")
+
+    def resources(name: str, profile: Any, launcher: str | None) -> tuple[str, ...]:
+        job = plan_train_job(spec, spec.row(name), profile, 0, Path("/x"), launcher=launcher)
+        assert job.own_process == (launcher in (None, "basic") and name != "workers1")  # submitit: in the sweep
+        return tuple(o.removeprefix("hydra.launcher.") for o in job.launcher_overrides)
+
+    assert resources("workers1", full, "submitit_slurm") == ("nodes=1", "tasks_per_node=1", "gpus_per_node=1")
+    assert resources("workers8", full, "submitit_slurm") == ("nodes=1", "tasks_per_node=8", "gpus_per_node=8")
+    assert resources("workers16", full, "submitit_slurm") == ("nodes=2", "tasks_per_node=8", "gpus_per_node=8")
+    assert resources("workers32", full, "submitit_slurm") == ("nodes=4", "tasks_per_node=8", "gpus_per_node=8")
+    assert resources("workers2", smoke, "submitit_local") == ("nodes=1", "tasks_per_node=2")  # gloo on the CPU
+    assert resources("workers2", smoke, None) == resources("workers2", smoke, "basic") == ()
+    with pytest.raises(NotRunUnderProfile, match="num_nodes=2: .*launcher submitit_local starts one node"):
+        plan_train_job(spec, spec.row("workers16"), full, 0, Path("/x"), launcher="submitit_local")
+    t7 = load_table("deeplabv3.t7")
+    source = plan_train_job(t7, t7.row("trainval_os8"), full, 0, Path("/x"), launcher="submitit_slurm")
+    evaluation = plan_eval_job(t7.row("deeplabv3"), full, 0, Path("/x"), source, launcher="submitit_slurm")
+    assert evaluation.launcher_overrides == ("hydra.launcher.nodes=1", "hydra.launcher.tasks_per_node=1")
+
+
+def test_submitit_sweeps_group_rows_of_equal_resources_and_user_settings_win(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One sweep per resource set (Hydra configures its launcher once per multirun), nothing launched here."""
+    spec, full = load_table("deeplabv3.t11"), load_profile("full")
+    jobs = [plan_train_job(spec, spec.row(name), full, seed, tmp_path, launcher="submitit_slurm")
+            for name, seed in (("workers1", 0), ("workers16", 0), ("workers1", 1), ("workers32", 0), ("workers16", 1))]
+    launched: list[tuple[list[str], str]] = []
+
+    def record(command: list[str], log: Path, quiet: bool) -> tuple[int, str]:
+        launched.append((command, log.name))
+        return 0, ""
+
+    monkeypatch.setattr(runner, "run_logged", record)
+    user = ("hydra.launcher.partition=gpu", "hydra.launcher.gpus_per_node=8")
+    result = RunResult(table=spec.id, profile=full.name)
+    launch("train", jobs, Launch(tmp_path, "submitit_slurm", user), result)
+    rows = [next(a for a in command if a.startswith("+table_row=")) for command, _ in launched]
+    assert rows == ["+table_row=workers1/seed0,workers1/seed1", "+table_row=workers16/seed0,workers16/seed1",
+                    "+table_row=workers32/seed0"]
+    launchers = [[a for a in command if a.startswith("hydra.launcher.")] for command, _ in launched]
+    assert launchers == [["hydra.launcher.nodes=1", "hydra.launcher.tasks_per_node=1", *user],
+                         ["hydra.launcher.nodes=2", "hydra.launcher.tasks_per_node=8", *user],
+                         ["hydra.launcher.nodes=4", "hydra.launcher.tasks_per_node=8", *user]]
+    assert all("hydra/launcher=submitit_slurm" in command for command, _ in launched)
+    assert [name.rsplit("-", 2)[0] for _, name in launched] == [
+        "train-nodes1-tasks_per_node1", "train-nodes2-tasks_per_node8", "train-nodes4-tasks_per_node8"]
+    assert sorted(result.failed) == sorted(job.label for job in jobs)  # no metrics.json: every row is recorded
+
+
 # ----------------------------------------------------------------------------- verdicts and reports
 
 
@@ -704,3 +760,44 @@ def test_distributed_row_runs_as_its_own_process(tmp_path: Path) -> None:
     metrics = json.loads((tmp_path / "r50_os16_k3_d6" / "seed0" / "metrics.json").read_text())
     assert metrics["world_size"] == 2 and metrics["effective_batch"] == 4
     assert [p.name for p in (tmp_path / "_logs").iterdir()][0].startswith("train-r50_os16_k3_d6-seed0-")
+
+
+SUBMITIT_TABLE = """
+id: demo.t1
+title: demo
+paper: demo
+dataset: synthetic
+metrics: [mIoU]
+base: [backbone=resnet18, head=fcn]
+rows:
+  - name: single
+    paper: {mIoU: 50.0}
+  - name: ranks2
+    overrides: [trainer=ddp_cpu, trainer.devices=2]
+    paper: {mIoU: 50.0}
+  - name: broken
+    overrides: ['loss.class_weights=[1.0,2.0]']
+    paper: {mIoU: 50.0}
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("one_thread")
+def test_submitit_local_runs_each_rank_as_a_task_and_reads_every_row_back(tmp_path: Path) -> None:
+    """Real submitit processes: a 1-process row and a failing row share one sweep, the 2-rank gloo row is a
+    second sweep of one submitit job with 2 tasks (one per DDP rank); the runner reads back metrics.json and,
+    for the failing row, error.json."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="needs pip install -e .[cluster]")
+    spec, runs = load_spec(write_spec(tmp_path, SUBMITIT_TABLE)), tmp_path / "runs"
+    result = run_table(spec, load_profile("smoke"), base_dir=runs, launcher="submitit_local", quiet=True)
+    assert sorted(result.ran) == ["ranks2/seed0", "single/seed0"]
+    assert list(result.failed) == ["broken/seed0"]
+    assert result.failed["broken/seed0"].startswith("ValueError: loss.class_weights has 2 entries but the model")
+    assert json.loads((runs / "broken" / "seed0" / "error.json").read_text())["step"] == 0
+    metrics = {row: json.loads((runs / row / "seed0" / "metrics.json").read_text()) for row in ("single", "ranks2")}
+    assert [(m["world_size"], m["effective_batch"], m["steps"]) for m in metrics.values()] == [(1, 2, 2), (2, 4, 2)]
+    assert metrics["ranks2"]["run_dir"] == str(runs / "ranks2" / "seed0")
+    task_logs = sorted(p.name.split("_", 1)[1] for p in (runs / ".submitit").glob("*/*_log.out"))
+    assert task_logs == ["0_log.out", "0_log.out", "0_log.out", "1_log.out"]  # 3 jobs, the 2-rank one has 2 tasks
+    assert sorted(p.name.rsplit("-", 2)[0] for p in (runs / "_logs").iterdir()) == [
+        "train-nodes1-tasks_per_node1", "train-nodes1-tasks_per_node2"]

@@ -87,6 +87,21 @@ def _count_devices(devices: Any) -> int:
     return int(devices)
 
 
+def export_submitit_local_ranks() -> None:
+    """In a submitit_local job of several tasks, make each task one DDP rank: export its torch.distributed
+    variables (MASTER_ADDR/PORT, RANK, WORLD_SIZE, LOCAL_RANK) so that Lightning sees processes created
+    externally (``LOCAL_RANK`` set) instead of re-running the command line to start its workers. Call it
+    before the loggers and the trainer are built. Under SLURM (submitit_slurm) nothing is needed: Lightning's
+    SLURMEnvironment reads SLURM's task variables."""
+    if os.environ.get("SUBMITIT_EXECUTOR") != "local" or int(os.environ.get("SUBMITIT_LOCAL_NTASKS", "1")) < 2:
+        return
+    from pytorch_lightning.utilities.rank_zero import rank_zero_only
+    from submitit.helpers import TorchDistributedEnvironment
+
+    ranks = TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
+    rank_zero_only.rank = ranks.rank  # read from the environment when Lightning was imported, before the export
+
+
 def build_trainer(
     cfg: DictConfig, output_dir: Path, loggers: list[Logger], callbacks: list[pl.Callback]
 ) -> pl.Trainer:

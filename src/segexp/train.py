@@ -27,6 +27,7 @@ from segexp.run import (
     build_loggers,
     build_trainer,
     exit_on_config_error,
+    export_submitit_local_ranks,
     failure_record,
     finish_loggers,
     metrics_payload,
@@ -63,6 +64,7 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
 def run_training(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) -> dict[str, Any]:
     """Train one configuration and return (and write) its final validation metrics; any failure, from the
     config check on, writes ``error.json`` instead."""
+    export_submitit_local_ranks()
     output_dir = output_dir_of(cfg)
     module: SegmentationModule | None = None
 

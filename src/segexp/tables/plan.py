@@ -1,6 +1,7 @@
 """What a table run does per row and seed: the final overrides (base + row, then the profile, later wins),
-the composed config and its hash, the stable run folder, protocol-guard warnings, and whether the row
-needs a process of its own (several GPUs) instead of a slot in the Hydra multirun.
+the composed config and its hash, the stable run folder, protocol-guard warnings, whether the row
+needs a process of its own (several GPUs) instead of a slot in the Hydra multirun, and under a submitit
+launcher the ``hydra.launcher.*`` resources (nodes, tasks, GPUs) its slot needs.
 
 Override merging: overrides are keyed by the part before ``=`` without ``+``/``++``/``~``; a later
 override replaces an earlier one of the same key. When the two spell the key differently (``+k`` vs
@@ -29,6 +30,10 @@ TRAIN, EVAL = "train", "eval"
 CHECKPOINTS = "checkpoints"
 LAST_CKPT = "last.ckpt"
 BASIC_LAUNCHER = "basic"
+SUBMITIT_LOCAL = "submitit_local"
+SINGLE_NODE_LAUNCHERS = (None, BASIC_LAUNCHER, SUBMITIT_LOCAL)
+"""Launchers that start every job on this machine."""
+GPU_ACCELERATORS = ("gpu", "cuda")
 HASH_OUTPUT_DIR = "/segexp-table-row"
 """output_dir used when composing for the hash, so the hash does not depend on where outputs live."""
 HASH_EXCLUDED = ("output_dir", "logger", "ckpt_path", "ckpt")
@@ -178,12 +183,32 @@ def distributed_overrides(spec: TableSpec, row: Row, profile: Profile, seed: int
 
 
 def multi_node_problem(cfg: DictConfig, launcher: str | None) -> str | None:
-    """Why a several-node row cannot start from here (the basic launcher starts one node), or None."""
+    """Why a several-node row cannot start from here (the basic and submitit_local launchers start one
+    node), or None."""
     nodes = int(cfg.trainer.get("num_nodes", 1))
-    if nodes > 1 and launcher in (None, BASIC_LAUNCHER):
+    if nodes > 1 and launcher in SINGLE_NODE_LAUNCHERS:
         return (f"trainer.num_nodes={nodes}: a several-node row needs a cluster launcher, e.g. --launcher "
-                f"submitit_slurm -- hydra.launcher.nodes={nodes} hydra.launcher.tasks_per_node=<devices per node>")
+                f"submitit_slurm (launcher {launcher or BASIC_LAUNCHER} starts one node)")
     return None
+
+
+def launcher_overrides(cfg: DictConfig, launcher: str | None) -> tuple[str, ...]:
+    """The ``hydra.launcher.*`` resources of a row under a submitit launcher, where each submitit task is one
+    DDP rank: ``nodes`` = trainer.num_nodes, ``tasks_per_node`` = trainer.devices and, on a GPU row,
+    ``gpus_per_node`` = trainer.devices (without it SLURM allocates no GPU and submitit_local hides every
+    GPU). Lightning's SLURMEnvironment checks that SLURM's tasks per node and nodes equal devices and num_nodes;
+    under submitit_local, :func:`segexp.run.export_submitit_local_ranks` makes the tasks DDP ranks.
+    () for other launchers; only ``nodes`` when the device count is known only on the GPU machine
+    (trainer.devices=-1/auto)."""
+    if launcher is None or not launcher.startswith("submitit_"):
+        return ()
+    overrides = [f"hydra.launcher.nodes={int(cfg.trainer.get('num_nodes', 1))}"]
+    devices = _device_count(cfg.trainer.get("devices", 1))
+    if devices is not None:
+        overrides.append(f"hydra.launcher.tasks_per_node={devices}")
+        if str(cfg.trainer.get("accelerator", "cpu")) in GPU_ACCELERATORS:
+            overrides.append(f"hydra.launcher.gpus_per_node={devices}")
+    return tuple(overrides)
 
 
 def is_distributed(cfg: DictConfig) -> bool:
@@ -196,8 +221,8 @@ def is_distributed(cfg: DictConfig) -> bool:
 
 def needs_own_process(cfg: DictConfig, launcher: str | None) -> bool:
     """Distributed rows under the basic launcher run as their own process (Lightning's DDP re-runs the
-    command line, so inside a multirun its workers would relaunch the whole sweep). A cluster launcher
-    (submitit) starts one task per device itself, so such rows stay in the sweep there."""
+    command line, so inside a multirun its workers would relaunch the whole sweep). A submitit launcher
+    starts one task per device itself (:func:`launcher_overrides`), so such rows stay in the sweep there."""
     return (launcher in (None, BASIC_LAUNCHER)) and is_distributed(cfg)
 
 
@@ -214,6 +239,7 @@ class Job:
     warnings: tuple[str, ...] = ()
     own_process: bool = False
     source_dir: Path | None = None
+    launcher_overrides: tuple[str, ...] = ()
 
     @property
     def choice(self) -> str:
@@ -248,7 +274,8 @@ def plan_train_job(spec: TableSpec, row: Row, profile: Profile, seed: int, base_
     facts = (source.config_hash, record_stamp(source.run_dir)) if source is not None else ()
     return Job(row=row, seed=seed, kind=TRAIN, overrides=tuple(overrides), run_dir=base_dir / row.name / f"seed{seed}",
                config_hash=config_hash(cfg, *facts), warnings=tuple(warnings),
-               own_process=needs_own_process(cfg, launcher), source_dir=source.run_dir if source else None)
+               own_process=needs_own_process(cfg, launcher), source_dir=source.run_dir if source else None,
+               launcher_overrides=launcher_overrides(cfg, launcher))
 
 
 def last_checkpoint(run_dir: Path) -> Path:
@@ -263,14 +290,15 @@ def record_stamp(run_dir: Path) -> int | None:
     return record.stat().st_mtime_ns if record.is_file() else None
 
 
-def plan_eval_job(row: Row, profile: Profile, seed: int, base_dir: Path, source: Job) -> Job:
+def plan_eval_job(row: Row, profile: Profile, seed: int, base_dir: Path, source: Job,
+                  launcher: str | None = None) -> Job:
     """An eval-only row on ``source``'s last checkpoint; its hash covers the source run (config and launch)."""
     overrides = eval_overrides(row, profile, last_checkpoint(source.run_dir))
     cfg = compose(overrides, seed, config_name="eval")
     dropped = [f"profile {profile.name} drops {o}" for o in row.eval_overrides if o not in overrides]
     return Job(row=row, seed=seed, kind=EVAL, overrides=tuple(overrides), run_dir=base_dir / row.name / f"seed{seed}",
                config_hash=config_hash(cfg, source.config_hash, record_stamp(source.run_dir)),
-               warnings=tuple(dropped), source_dir=source.run_dir)
+               warnings=tuple(dropped), source_dir=source.run_dir, launcher_overrides=launcher_overrides(cfg, launcher))
 
 
 def _is_group(key: str) -> bool:

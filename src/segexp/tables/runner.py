@@ -12,7 +12,8 @@ Hydra's basic launcher runs every job and raises at the end when one failed, so 
 stop the others. Before launching, a row whose folder holds a ``metrics.json`` written under the same
 config hash (``table_row.json``) is skipped, so a re-run after an interruption runs only what is missing
 (and resumes a killed row from its ``last.ckpt``). Distributed rows run as their own process (see
-:func:`segexp.tables.plan.needs_own_process`).
+:func:`segexp.tables.plan.needs_own_process`), except under a submitit launcher, where each row's sweep
+asks for one task per DDP rank (see :func:`sweep_groups`).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from segexp.tables.plan import (
     row_file_text,
     split_hydra,
 )
-from segexp.tables.spec import Profile, Row, SpecError, TableSpec, display_path
+from segexp.tables.spec import Profile, Row, SpecError, TableSpec, display_path, override_key
 from segexp.tables.store import ERROR_FILE, METRICS_FILE, NOT_RUN_FILE, TABLE_ROW_FILE, profile_dir, read_json
 
 ROWS_FOLDER = ".table_rows"
@@ -229,14 +230,38 @@ def collect(jobs: Sequence[Job], code: int, output: str, log: Path, result: RunR
         result.failed[job.label] = f"{reason or f'exit code {code}, no {METRICS_FILE}'} (log: {display_path(log)})"
 
 
+def job_launcher_overrides(job: Job, hydra_extra: Sequence[str]) -> tuple[str, ...]:
+    """The job's ``hydra.launcher.*`` resources minus the keys the user set after ``--`` (those win)."""
+    user = {override_key(o) for o in hydra_extra}
+    return tuple(o for o in job.launcher_overrides if override_key(o) not in user)
+
+
+def sweep_groups(jobs: Sequence[Job], hydra_extra: Sequence[str]) -> list[tuple[tuple[str, ...], list[Job]]]:
+    """The in-sweep jobs split by their launcher resources (:func:`job_launcher_overrides`), in first-seen order.
+
+    Hydra configures the launcher once per multirun, so a submitit sweep gives every job the same nodes, tasks
+    and GPUs: a 1-GPU row and a 2 x 8-GPU row cannot share one. The simplest correct split is one sweep per
+    distinct resource set, run one after the other: rows of equal resources (every 1-device row, every seed
+    of a row) still share one sweep (one SLURM job array), and without a submitit launcher there is one
+    group, as before. The price: a group starts once the previous group's jobs have finished."""
+    groups: dict[tuple[str, ...], list[Job]] = {}
+    for job in jobs:
+        groups.setdefault(job_launcher_overrides(job, hydra_extra), []).append(job)
+    return list(groups.items())
+
+
+def sweep_log_name(kind: str, resources: Sequence[str]) -> str:
+    """``train`` or, for a resource group, ``train-nodes2-tasks_per_node8-gpus_per_node8``."""
+    return "-".join([kind, *(o.removeprefix("hydra.launcher.").replace("=", "") for o in resources)])
+
+
 def launch(kind: str, jobs: Sequence[Job], how: Launch, result: RunResult) -> None:
-    """The sweep of the in-process jobs, then each own-process job on its own."""
-    in_sweep = [j for j in jobs if not j.own_process]
-    if in_sweep:
-        log = how.log(kind)
-        command = sweep_command(kind, in_sweep, how.base_dir, how.rows_dir, how.launcher, how.hydra_extra)
+    """The sweep(s) of the in-process jobs (one per launcher resource group), then each own-process job."""
+    for resources, group in sweep_groups([j for j in jobs if not j.own_process], how.hydra_extra):
+        log = how.log(sweep_log_name(kind, resources))
+        command = sweep_command(kind, group, how.base_dir, how.rows_dir, how.launcher, [*resources, *how.hydra_extra])
         code, output = run_logged(command, log, how.quiet)
-        collect(in_sweep, code, output, log, result)
+        collect(group, code, output, log, result)
     for job in (j for j in jobs if j.own_process):
         log = how.log(f"{kind}-{job.row.name}-seed{job.seed}")
         code, output = run_logged(single_command(job, how.rows_dir, how.hydra_extra), log, how.quiet)
@@ -298,8 +323,9 @@ def plan_stage(spec: TableSpec, rows: Sequence[Row], profile: Profile, seeds: in
     return jobs
 
 
-def plan_evals(rows: Sequence[Row], profile: Profile, seeds: int, base_dir: Path, trained: Trained) -> list[Job]:
-    return [plan_eval_job(row, profile, seed, base_dir, trained[row.eval_of, seed])
+def plan_evals(rows: Sequence[Row], profile: Profile, seeds: int, base_dir: Path, trained: Trained,
+               launcher: str | None = None) -> list[Job]:
+    return [plan_eval_job(row, profile, seed, base_dir, trained[row.eval_of, seed], launcher)
             for row in rows if row.is_eval and row.runnable for seed in range(seeds) if (row.eval_of, seed) in trained]
 
 
@@ -310,7 +336,7 @@ def plan_all(spec: TableSpec, stages: Sequence[Sequence[Row]], rows: Sequence[Ro
     trained: Trained = {}
     for stage in stages:
         trained.update(plan_stage(spec, stage, profile, seeds, base_dir, extra, launcher, trained, result))
-    return trained, plan_evals(rows, profile, seeds, base_dir, trained)
+    return trained, plan_evals(rows, profile, seeds, base_dir, trained, launcher)
 
 
 def sources_to_rerun(trained: Trained, evals: Sequence[Job]) -> set[Path]:
@@ -326,13 +352,15 @@ def sources_to_rerun(trained: Trained, evals: Sequence[Job]) -> set[Path]:
     return rerun
 
 
-def print_plan(jobs: Sequence[Job], kind: str, rerun: set[Path]) -> None:
+def print_plan(jobs: Sequence[Job], kind: str, rerun: set[Path], hydra_extra: Sequence[str] = ()) -> None:
     """--dry-run: per job what would happen."""
     for job in jobs:
         done = is_done(job) and job.run_dir not in rerun
         state = "done (skip)" if done else "resume from last.ckpt" if can_resume(job) else "run"
         where = "own process" if job.own_process else f"{kind} sweep"
         print(f"  {job.label:<28} {state:<22} {where:<12} {display_path(job.run_dir)}")
+        if resources := job_launcher_overrides(job, hydra_extra):
+            print(f"      launcher: {' '.join(resources)}")
         if job.source_dir is not None:
             print(f"      from: {display_path(last_checkpoint(job.source_dir))}")
         for warning in job.warnings:
@@ -412,8 +440,8 @@ def run_table(spec: TableSpec, profile: Profile, seeds: int = 1, rows: Sequence[
     warn_protocol(list(trained.values()), planning)
     if dry_run:
         print(f"{spec.id} [{profile.name}] -> {display_path(how.base_dir)}")
-        print_plan(list(trained.values()), TRAIN, rerun)
-        print_plan(evals, EVAL, rerun)
+        print_plan(list(trained.values()), TRAIN, rerun, how.hydra_extra)
+        print_plan(evals, EVAL, rerun, how.hydra_extra)
         print_unrunnable(planning)
         return planning
     result = RunResult(table=spec.id, profile=profile.name, not_run=dict(planning.not_run),
@@ -467,7 +495,7 @@ def run_stages(spec: TableSpec, stages: Sequence[Sequence[Row]], profile: Profil
 def run_evals(spec: TableSpec, profile: Profile, rows: Sequence[Row], seeds: int, trained: Trained,
               how: Launch, result: RunResult) -> list[Job]:
     """Plan the eval-only rows now that checkpoints exist and run those not done."""
-    evals = plan_evals(rows, profile, seeds, how.base_dir, trained)
+    evals = plan_evals(rows, profile, seeds, how.base_dir, trained, how.launcher)
     runnable = []
     for job in evals:
         if is_done(job):
