@@ -24,7 +24,7 @@ from segexp.bench import FixedBatches
 from segexp.builders import build_datamodule, build_module
 from segexp.run import effective_sync_batchnorm
 from segexp.train import run_training
-from tests.test_training import CaptureFinalState, Interrupt
+from tests.test_training import interrupted_and_resumed
 
 pytestmark = [
     pytest.mark.gpu,
@@ -101,20 +101,9 @@ def test_channels_last_fp32_on_gpu_equals_fp32_on_cpu(make_cfg) -> None:
 
 
 def test_gpu_run_writes_checkpoints_and_resumes_where_the_uninterrupted_run_ends(make_cfg) -> None:
-    steps = [*GPU_RUN, "trainer.max_steps=10", "trainer.val_check_interval=3"]
-    reference = CaptureFinalState()
-    metrics = run_training(make_cfg(*steps), extra_callbacks=[reference])
+    metrics = run_training(make_cfg(*GPU_RUN, "trainer.max_steps=2", "trainer.val_check_interval=2"))
     assert metrics["device"] == torch.cuda.get_device_name() and metrics["precision"] in ("bf16-mixed", "16-mixed")
-
-    cfg = make_cfg(*steps)
-    with pytest.raises(RuntimeError, match="simulated pre-emption"):
-        run_training(cfg, extra_callbacks=[Interrupt(at_step=8)])
-    assert torch.load(Path(cfg.output_dir) / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 6
-    cfg.ckpt_path = "last"
-    resumed = CaptureFinalState()
-    run_training(cfg, extra_callbacks=[resumed])
-    assert resumed.step == reference.step == 10
-    assert resumed.lrs == pytest.approx(reference.lrs, rel=0, abs=0)
+    reference, resumed = interrupted_and_resumed(make_cfg, *GPU_RUN)
     # cuDNN's autotuned kernels and atomics in bilinear backward are not bitwise deterministic on CUDA:
     # the resumed run must agree to rounding, not bit for bit (the CPU test checks bit-exactness).
     weights = [k for k, v in reference.state.items() if v.is_floating_point() and "running" not in k]

@@ -66,22 +66,27 @@ def test_eval_of_checkpoint_reproduces_final_metrics(make_cfg) -> None:
     assert json.loads((Path(eval_cfg.output_dir) / "metrics.json").read_text())["steps"] == 6
 
 
-def test_resume_after_interruption_matches_uninterrupted_run(make_cfg) -> None:
-    steps = ["trainer.max_steps=10", "trainer.val_check_interval=3"]  # 6 batches/epoch: step 3 is mid-epoch
+def interrupted_and_resumed(make_cfg, *steps: str) -> tuple[CaptureFinalState, CaptureFinalState]:
+    """The final state of an uninterrupted run of 10 steps (validation every 3) and of the same run killed at
+    step 8 and resumed from ``ckpt_path=last`` (step 6); checks the interrupted run left no metrics.json."""
+    overrides = [*steps, "trainer.max_steps=10", "trainer.val_check_interval=3"]
     reference = CaptureFinalState()
-    run_training(make_cfg(*steps), extra_callbacks=[reference])
-
-    cfg = make_cfg(*steps)
+    run_training(make_cfg(*overrides), extra_callbacks=[reference])
+    cfg = make_cfg(*overrides)
     with pytest.raises(RuntimeError, match="simulated pre-emption"):
-        run_training(cfg, extra_callbacks=[Interrupt(at_step=8)])  # last.ckpt is from step 6
+        run_training(cfg, extra_callbacks=[Interrupt(at_step=8)])
     assert not (Path(cfg.output_dir) / "metrics.json").exists()
     assert torch.load(Path(cfg.output_dir) / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 6
-
     cfg.ckpt_path = "last"
     resumed = CaptureFinalState()
     run_training(cfg, extra_callbacks=[resumed])
     assert resumed.step == reference.step == 10
     assert resumed.lrs == pytest.approx(reference.lrs, rel=0, abs=0)
+    return reference, resumed
+
+
+def test_resume_after_interruption_matches_uninterrupted_run(make_cfg) -> None:
+    reference, resumed = interrupted_and_resumed(make_cfg)  # 6 batches/epoch: step 6 is mid-epoch
     for key, value in reference.state.items():
         assert torch.equal(resumed.state[key], value), key
     for i, buf in reference.momentum.items():
