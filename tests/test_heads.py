@@ -183,13 +183,33 @@ def test_deeplabv3_resnet101_parameter_count() -> None:
     assert n_params(backbone) + n_params(head) == 58_040_661
 
 
-def test_dilated_fcn_classifier_refuses_another_output_stride() -> None:
-    """FCRN's k x k dilated classifier is fixed in feature pixels: running it at another output stride
-    would silently change its field of view, so it is refused; a 1x1 classifier works at any stride."""
-    dilated = FCNHead(64, 21, output_stride=16, kernel_size=3, dilation=6)
-    dilated.set_output_stride(16)
-    with pytest.raises(ValueError, match="dilation 6 is fixed for output stride 16"):
-        dilated.set_output_stride(8)
-    pointwise = FCNHead(64, 21, output_stride=16)
-    pointwise.set_output_stride(8)
-    assert pointwise.output_stride == 8
+def test_fcn_classifier_dilation_scales_with_the_output_stride() -> None:
+    """FCRN's 5x5 classifier with dilation 12 built at 1/8: dilation 24 at 1/4 and 6 at 1/16 (same field of
+    view in image pixels); a dilation that is not an integer at the asked stride fails naming the head."""
+    head = FCNHead(64, 21, output_stride=8, kernel_size=5, dilation=12)
+    assert head.classifier.dilation == (12, 12) and head.classifier.padding == (24, 24)
+    head.set_output_stride(4)
+    assert head.classifier.dilation == (24, 24) and head.classifier.padding == (48, 48)
+    head.set_output_stride(16)
+    assert head.classifier.dilation == (6, 6) and head.classifier.padding == (12, 12)
+    head.set_output_stride(8)
+    assert head.classifier.dilation == (12, 12) and head.classifier.padding == (24, 24)
+    with pytest.raises(ValueError, match=r"FCNHead: .*dilation 12 .* output stride 8.* output stride 64 \(1.5\)"):
+        head.set_output_stride(64)
+    pointwise = FCNHead(64, 21, output_stride=16)  # 1x1: no spatial extent, any stride
+    pointwise.set_output_stride(4)
+    assert pointwise.classifier.dilation == (1, 1) and pointwise.classifier.padding == (0, 0)
+
+
+def test_a_part_without_set_output_stride_cannot_follow_another_stride() -> None:
+    from segexp.backbones.resnet import ResNet
+    from segexp.segmentor import Segmentor
+
+    class Plain(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x
+
+    model = Segmentor(ResNet(18, output_stride=16), Plain())
+    model.set_output_stride(16)  # its own stride: nothing to change
+    with pytest.raises(ValueError, match=r"head \(Plain\) has no set_output_stride"):
+        model.set_output_stride(8)

@@ -168,7 +168,12 @@ def test_wandb_offline_run_is_written_and_finished_even_on_crash(make_cfg, monke
     with pytest.raises(NonFiniteLossError):
         run_training(cfg)
     assert wandb.run is None  # the crashed job's run was finished
-    assert list((Path(cfg.output_dir) / "wandb").glob("offline-run-*"))
+    [run_dir] = (Path(cfg.output_dir) / "wandb").glob("offline-run-*")
+    # the resolved config is in the run's record file (an offline run keeps it there until `wandb sync`),
+    # one JSON value per top-level key: runs of a sweep can be grouped and filtered by their settings
+    [records] = run_dir.glob("run-*.wandb")
+    data = records.read_bytes()
+    assert b'"rates":[2,4,6],"rates_output_stride":8' in data and b'"depth":18,"output_stride":8' in data
 
 
 def test_multirun_gives_each_job_its_own_dir_and_metrics(tmp_path: Path) -> None:

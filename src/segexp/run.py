@@ -19,7 +19,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import Logger, WandbLogger
 
 from segexp.config import REPO_ROOT, ConfigError
@@ -34,7 +34,9 @@ def hydra_job_names(output_dir: Path) -> tuple[str | None, str]:
 
 
 def build_loggers(cfg: DictConfig, output_dir: Path) -> list[Logger]:
-    """The ``logger`` node (one logger, or null) with per-job group/name for wandb."""
+    """The ``logger`` node (one logger, or null) with per-job group/name for wandb. The resolved config is
+    logged as the run's hyper-parameters (wandb's config, TensorBoard's hparams, the CSV logger's
+    hparams.yaml), so the runs of a sweep can be grouped and filtered by their settings."""
     node = cfg.get("logger")
     if node is None:
         return []
@@ -43,7 +45,9 @@ def build_loggers(cfg: DictConfig, output_dir: Path) -> list[Logger]:
         group, name = hydra_job_names(output_dir)
         kwargs = {"group": node.get("group") or group, "name": node.get("name") or name}
         (output_dir / "wandb").mkdir(parents=True, exist_ok=True)
-    return [instantiate(node, **kwargs)]
+    logger = instantiate(node, **kwargs)
+    logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False))
+    return [logger]
 
 
 def finish_loggers(loggers: Sequence[Logger], failed: bool) -> None:

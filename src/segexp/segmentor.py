@@ -33,10 +33,20 @@ class Segmentor(nn.Module):
         return int(self.backbone.output_stride)
 
     def set_output_stride(self, output_stride: int) -> None:
-        """Re-configure the dilations of every part for another output stride (same weights)."""
-        for part in (self.backbone, self.head, self.aux_head):
-            if part is not None and hasattr(part, "set_output_stride"):
-                part.set_output_stride(output_stride)
+        """Re-configure the dilations of every part for another output stride (same weights). Output stride is
+        a contract: a part without ``set_output_stride`` cannot follow, and asking for another stride raises
+        a ValueError naming it rather than evaluating a different model."""
+        parts = {"backbone": self.backbone, "head": self.head, "aux_head": self.aux_head}
+        current = self.output_stride
+        for name, part in parts.items():
+            if part is None:
+                continue
+            if not hasattr(part, "set_output_stride"):
+                if output_stride != current:
+                    raise ValueError(f"{name} ({type(part).__name__}) has no set_output_stride: it cannot run at "
+                                     f"output stride {output_stride}")
+                continue
+            part.set_output_stride(output_stride)
 
     def forward_raw(self, images: Tensor) -> dict[str, Tensor]:
         """Low-resolution logits: ``{"out": ..., "aux": ...}`` (aux only when an aux head exists)."""

@@ -5,7 +5,8 @@ Two forms:
 * ``channels == 0``: a single classifier conv (kernel ``kernel_size``, dilation ``dilation``, 'same'
   padding, with bias), optionally preceded by Dropout2d. This is the "1x1 conv classifier" of DeepLabv3's
   cascaded models (Sec. 3.2) and of the pyramid-residual-block paper, and the k x k dilated classifier
-  whose field of view FCRN (Wu et al.) varies in its Tables 1-2 (e.g. kernel 5, dilation 12).
+  whose field of view FCRN (Wu et al.) varies in its Tables 1-2 (e.g. kernel 5, dilation 12). The dilation
+  is given at ``output_stride`` (the backbone's, passed by the builder) and scaled with it, like ASPP's rates.
 * ``channels > 0``: conv3x3 (no bias) + BN + ReLU, dropout, 1x1 classifier -- the auxiliary head put on
   layer3 (torchvision's FCNHead / PSPNet-style auxiliary loss).
 """
@@ -44,6 +45,7 @@ class FCNHead(nn.Module):
         self.in_channels = in_channels
         self.num_classes = num_classes
         self.output_stride = output_stride
+        self.dilation = dilation
         self.features: nn.Module = nn.Identity()
         classifier_in = in_channels
         if channels > 0:
@@ -59,17 +61,28 @@ class FCNHead(nn.Module):
             classifier_in, num_classes, kernel_size=kernel_size, padding=padding, dilation=dilation, bias=True
         )
 
-    def set_output_stride(self, output_stride: int) -> None:
-        """The classifier's dilation is given in feature pixels at the output stride it was built at and is
-        not re-scaled: evaluating a dilated k x k classifier at another output stride is refused rather than
-        silently changing its field of view. A 1x1 or undilated classifier works at any output stride."""
-        dilation = self.classifier.dilation[0]
-        if dilation > 1 and self.output_stride is not None and output_stride != self.output_stride:
+    def classifier_dilation_at(self, output_stride: int) -> int:
+        """The classifier's dilation at ``output_stride``: ``dilation`` is given in feature pixels at the output
+        stride the head is built at, and the field of view in image pixels stays the same (FCRN Sec. 3.2: a
+        5x5 classifier with dilation 12 at 1/8 is dilation 24 at 1/4 and 6 at 1/16). A 1x1 classifier has
+        no spatial extent and works at any output stride. Raises ValueError when the dilation is not an
+        integer there."""
+        if self.classifier.kernel_size[0] == 1 or self.output_stride is None:
+            return self.dilation
+        scaled = self.dilation * self.output_stride
+        if scaled % output_stride:
             raise ValueError(
-                f"FCNHead: the classifier's dilation {dilation} is fixed for output stride {self.output_stride}; "
-                f"it is not re-scaled to output stride {output_stride}"
+                f"FCNHead: the classifier's dilation {self.dilation} (given at output stride {self.output_stride}) "
+                f"is not an integer at output stride {output_stride} ({scaled / output_stride:g})"
             )
-        self.output_stride = output_stride
+        return scaled // output_stride
+
+    def set_output_stride(self, output_stride: int) -> None:
+        """Re-scale the classifier's dilation (and padding) for ``output_stride``, same weights. The auxiliary
+        form's 3x3 conv (``channels > 0``) is not dilated and is left as it is."""
+        dilation = self.classifier_dilation_at(output_stride)
+        self.classifier.dilation = (dilation, dilation)
+        self.classifier.padding = (dilation * (self.classifier.kernel_size[0] - 1) // 2,) * 2
 
     def forward(self, x: Tensor) -> Tensor:
         return self.classifier(self.dropout(self.features(x)))
