@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from pathlib import Path
 
@@ -439,3 +440,68 @@ def test_frozen_bn_state_dict_round_trip_with_bn_checkpoint() -> None:
     assert result.unexpected_keys == []
     assert all(k.endswith("num_batches_tracked") for k in result.missing_keys)
     assert all(torch.equal(back.state_dict()[k], v) for k, v in frozen.state_dict().items())
+
+
+# --------------------------------------------------------------------------------------------------------
+# Residual units by name, wrapped from config
+# --------------------------------------------------------------------------------------------------------
+
+
+class Marker(nn.Module):
+    """Wraps a unit and counts the forward passes that go through it (output unchanged)."""
+
+    def __init__(self, unit: nn.Module) -> None:
+        super().__init__()
+        self.unit = unit
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return self.unit(x)
+
+
+@pytest.mark.parametrize(
+    ("depth", "name", "torchvision"),
+    [(101, "res4b22", "layer3.22"), (101, "res4b19", "layer3.19"), (101, "res3b3", "layer2.3"),
+     (101, "res5c", "layer4.2"), (50, "res4f", "layer3.5"), (50, "res4c", "layer3.2"), (50, "res5c", "layer4.2"),
+     (152, "res4b35", "layer3.35"), (18, "res3b", "layer2.1"), (101, "res2c", "layer1.2")],
+)
+def test_caffe_unit_names_map_to_torchvision_units(depth: int, name: str, torchvision: str) -> None:
+    model = ResNet(depth, output_stride=16)
+    stage, index = torchvision.removeprefix("layer").split(".")
+    assert model.unit(name) is getattr(model, f"layer{stage}")[int(index)] is model.unit(torchvision)
+
+
+def test_res4b22_is_the_last_unit_of_resnet101_layer3_and_unknown_names_list_the_valid_ones() -> None:
+    model = ResNet(101, output_stride=16)
+    assert model.unit("res4b22") is model.layer3[-1] and len(model.layer3) == 23
+    with pytest.raises(ValueError, match=r"unknown residual unit 'res4f' for ResNet-101: .*res4b22"):
+        model.unit("res4f")  # ResNet-50's name: ResNet-101 numbers layer3's units b1..b22
+
+
+def test_a_wrapped_unit_is_on_the_forward_path_and_follows_the_output_stride() -> None:
+    from functools import partial
+
+    torch.manual_seed(0)
+    plain = ResNet(18, output_stride=16).eval()
+    wrapped = copy.deepcopy(plain)
+    marker = wrapped.wrap_unit("res5b", Marker)
+    assert isinstance(wrapped.layer4[1], Marker) and marker.calls == 0
+    x = torch.randn(1, 3, 64, 64)
+    torch.testing.assert_close(wrapped(x)["out"], plain(x)["out"])  # the marker is the identity
+    assert marker.calls == 1
+    wrapped.set_output_stride(8)
+    assert wrapped.stage_dilations("layer4")[1] == (4, 4)  # the unit inside the wrapper got layer4's rate
+    with pytest.raises(ValueError, match="must keep the wrapped unit"):
+        wrapped.wrap_unit("layer4.0", partial(lambda unit: nn.Identity()))
+
+
+def test_unit_wrappers_come_from_the_config(make_cfg) -> None:
+    from segexp.builders import build_segmentor
+
+    cfg = make_cfg("+backbone.unit_wrappers.res5b._target_=tests.test_resnet.Marker",
+                   "+backbone.unit_wrappers.res5b._partial_=true")
+    model = build_segmentor(cfg, num_classes=6)
+    assert isinstance(model.backbone.layer4[1], Marker)
+    model.eval()(torch.randn(1, 3, 64, 64))
+    assert model.backbone.layer4[1].calls == 1

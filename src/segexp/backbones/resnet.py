@@ -31,12 +31,13 @@ slightly larger than the undilated one's; e.g. ResNet-18 covers 435 px at OS 32 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from segexp.backbones.frozen_bn import freeze_batchnorm
+from segexp.backbones.unit_names import resolve_unit
 
 # ImageNet weights in torchvision format (IMAGENET1K_V1). When online, download with
 # ``torch.hub.load_state_dict_from_url(url)`` (or save that dict with ``torch.save``) to a file and pass its
@@ -188,6 +189,7 @@ class ResNet(nn.Module):
         pretrained: str | None = None,
         frozen_bn: bool = False,
         in_channels: int = 3,
+        unit_wrappers: Mapping[str, Callable[..., nn.Module]] | None = None,
     ) -> None:
         super().__init__()
         if depth not in ARCHITECTURES:
@@ -205,6 +207,7 @@ class ResNet(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         self.stage_names = self._build_stages(block, units)
+        self.units_per_stage = tuple(len(getattr(self, name)) for name in self.stage_names)
         self.out_channels = STAGE_WIDTHS[3] * block.expansion
         self.aux_channels = STAGE_WIDTHS[2] * block.expansion
         self.output_stride = 0
@@ -215,6 +218,33 @@ class ResNet(nn.Module):
             load_pretrained(self, pretrained)
         if frozen_bn:
             freeze_batchnorm(self)
+        for name, make_wrapper in (unit_wrappers or {}).items():
+            self.wrap_unit(name, make_wrapper)
+
+    def unit(self, name: str) -> nn.Module:
+        """The residual unit (or its wrapper) called ``name`` in either naming (:mod:`.unit_names`)."""
+        stage, index = resolve_unit(name, self.depth, self.units_per_stage)
+        return getattr(self, f"layer{stage}")[index]
+
+    def wrap_unit(self, name: str, make_wrapper: Callable[..., nn.Module]) -> nn.Module:
+        """Replace unit ``name`` by ``make_wrapper(unit=<the unit>)``, e.g. a pyramid residual block or dropout
+        in its branch (``backbone.unit_wrappers: {res5c: {_target_: ..., _partial_: true}}``).
+
+        The wrapper keeps the unit as its ``unit`` attribute: the output stride keeps reaching the unit's
+        convolutions through it. Wrapping happens after the ImageNet weights are loaded, so a wrapper's own
+        parameters start from its own initialisation.
+        """
+        stage, index = resolve_unit(name, self.depth, self.units_per_stage)
+        layer: nn.Sequential = getattr(self, f"layer{stage}")
+        if not callable(make_wrapper) or isinstance(make_wrapper, nn.Module):
+            raise ValueError(f"backbone.unit_wrappers.{name}: expected a wrapper factory (a config with "
+                             f"_target_ and _partial_: true), got {type(make_wrapper).__name__}")
+        wrapper = make_wrapper(unit=layer[index])
+        if getattr(wrapper, "unit", None) is not layer[index]:
+            raise ValueError(f"backbone.unit_wrappers.{name}: {type(wrapper).__name__} must keep the wrapped unit "
+                             "as its `unit` attribute (so the output stride can still be changed)")
+        layer[index] = wrapper
+        return wrapper
 
     def _build_stages(self, block: Block, units: tuple[int, int, int, int]) -> list[str]:
         names = []
@@ -248,12 +278,13 @@ class ResNet(nn.Module):
             stage: nn.Sequential = getattr(self, name)
             unit_rates = self.multi_grid if index >= 3 else (1,) * len(stage)
             for unit_index, unit in enumerate(stage):
-                unit.set_geometry(stride if unit_index == 0 else 1, rate * unit_rates[unit_index])
+                inner = getattr(unit, "unit", unit)  # a wrapped unit (see wrap_unit)
+                inner.set_geometry(stride if unit_index == 0 else 1, rate * unit_rates[unit_index])
         self.output_stride = output_stride
 
     def stage_dilations(self, name: str) -> list[tuple[int, ...]]:
         """Dilations of the 3x3 convs of each unit in stage ``name`` (for inspection and tests)."""
-        return [unit.dilations() for unit in getattr(self, name)]
+        return [getattr(unit, "unit", unit).dilations() for unit in getattr(self, name)]
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
