@@ -27,7 +27,9 @@ for pin in "${pins[@]}"; do
     "${platforms[@]}" -d .whl "$pin" 2>/dev/null \
   || "$VENV_PY" -m pip wheel -q --no-deps -w .whl "$pin"   # sdist-only (antlr4): build a pure-Python wheel
 done
+folders=(.whl)
 if [ "${1:-}" != "--no-camvid" ]; then
   "$VENV_PY" scripts/pack_camvid.py ../shared/data/camvid .camvid
+  folders+=(.camvid)
 fi
-du -sh .whl ${1:+} $( [ "${1:-}" != "--no-camvid" ] && echo .camvid ) | sed 's/^/device_prepare: /'
+du -sh "${folders[@]}" | sed 's/^/device_prepare: /'
