@@ -213,3 +213,49 @@ def test_a_part_without_set_output_stride_cannot_follow_another_stride() -> None
     model.set_output_stride(16)  # its own stride: nothing to change
     with pytest.raises(ValueError, match=r"head \(Plain\) has no set_output_stride"):
         model.set_output_stride(8)
+
+
+class TwoStageHead(nn.Module):
+    """A head reading two stages: both resized to the first one's grid, concatenated, 1x1 classifier."""
+
+    def __init__(self, in_channels: list[int], num_classes: int, output_stride: int,
+                 in_keys: tuple[str, ...] = ("layer3", "out")) -> None:
+        super().__init__()
+        self.in_keys = in_keys
+        self.classifier = nn.Conv2d(sum(in_channels), num_classes, kernel_size=1)
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        size = features[0].shape[-2:]
+        return self.classifier(torch.cat([F.interpolate(f, size=size) for f in features], dim=1))
+
+
+def test_backbone_describes_its_features() -> None:
+    from segexp.backbones.resnet import ResNet
+
+    model = ResNet(50, output_stride=16)
+    assert model.feature_channels == {"layer1": 256, "layer2": 512, "layer3": 1024, "layer4": 2048, "out": 2048}
+    assert model.feature_strides() == {"layer1": 4, "layer2": 8, "layer3": 16, "layer4": 16, "out": 16}
+    model.set_output_stride(8)
+    assert model.feature_strides() == {"layer1": 4, "layer2": 8, "layer3": 8, "layer4": 8, "out": 8}
+    features = model(torch.randn(1, 3, 64, 64))
+    for name, channels in model.feature_channels.items():
+        assert features[name].shape[1] == channels and features[name].shape[-1] == 64 // model.feature_strides()[name]
+
+
+def test_heads_read_the_features_named_by_in_keys(make_cfg) -> None:
+    from segexp.backbones.resnet import ResNet
+    from segexp.builders import build_segmentor, input_channels
+    from segexp.config import ConfigError
+    from segexp.segmentor import Segmentor
+
+    base = ["backbone=resnet18", "backbone.output_stride=8", "head=fcn", "dataset=synthetic", "logger=csv"]
+    model = build_segmentor(make_cfg("head.in_keys=[layer2]", base=base), num_classes=6)
+    assert model.head.classifier.in_channels == 128  # layer2's channels, from the backbone's description
+    assert model.forward_raw(torch.randn(2, 3, 64, 64))["out"].shape == (2, 6, 8, 8)  # layer2: stride 8
+    with pytest.raises(ConfigError, match=r"no feature 'layer9'; its features are layer1, layer2, layer3, layer4, out"):
+        build_segmentor(make_cfg("head.in_keys=[layer9]", base=base), num_classes=6)
+    backbone = ResNet(18, output_stride=16)
+    channels = input_channels(backbone, ["layer3", "out"])
+    assert channels == [256, 512]
+    two = Segmentor(backbone, TwoStageHead(channels, 3, output_stride=16)).eval()
+    assert two.forward_raw(torch.randn(1, 3, 64, 64))["out"].shape == (1, 3, 4, 4)

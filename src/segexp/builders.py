@@ -105,14 +105,14 @@ def build_segmentor(cfg: DictConfig, num_classes: int) -> Segmentor:
     backbone = instantiate(cfg.backbone)
     output_stride = int(backbone.output_stride)
     try:
-        head = instantiate(cfg.head, in_channels=backbone.out_channels, num_classes=num_classes,
-                           output_stride=output_stride)
+        head = instantiate(cfg.head, in_channels=input_channels(backbone, cfg.head.get("in_keys")),
+                           num_classes=num_classes, output_stride=output_stride)
     except ValueError as err:
         raise ConfigError(f"head at backbone.output_stride={output_stride}: {err}") from err
     aux_head = None
     if options.aux_weight > 0:
-        aux_head = FCNHead(backbone.aux_channels, num_classes, output_stride=output_stride,
-                           channels=options.aux_channels, dropout=options.aux_dropout)
+        aux_head = FCNHead(input_channels(backbone, AUX_KEYS), num_classes, output_stride=output_stride,
+                           channels=options.aux_channels, dropout=options.aux_dropout, in_keys=AUX_KEYS)
     model = Segmentor(backbone, head, aux_head, align_corners=options.align_corners)
     if options.eval_output_stride is not None:
         check_output_stride(model, options.eval_output_stride, "model.eval_output_stride")
@@ -123,6 +123,24 @@ def build_segmentor(cfg: DictConfig, num_classes: int) -> Segmentor:
     if options.bn_momentum is not None:
         set_bn_momentum(model, options.bn_momentum)
     return model
+
+
+AUX_KEYS = ("layer3",)
+"""The feature the auxiliary FCN head reads (PSPNet / torchvision convention)."""
+
+
+def input_channels(backbone: nn.Module, in_keys: Sequence[str] | None) -> int | list[int]:
+    """A head's input channels from the backbone's description (``feature_channels``) of the features it
+    reads: an int for one key (default ``"out"``), else a list in ``in_keys`` order. Unknown names fail
+    with the list of the backbone's features."""
+    keys = list(in_keys) if in_keys else ["out"]
+    known = backbone.feature_channels
+    unknown = [key for key in keys if key not in known]
+    if unknown:
+        raise ConfigError(f"head.in_keys={keys}: the backbone has no feature {', '.join(map(repr, unknown))}; "
+                          f"its features are {', '.join(known)}")
+    channels = [int(known[key]) for key in keys]
+    return channels[0] if len(channels) == 1 else channels
 
 
 def check_output_stride(model: Segmentor, output_stride: int, key: str) -> None:

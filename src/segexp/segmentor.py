@@ -12,8 +12,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
+def head_input(features: dict[str, Tensor], head: nn.Module) -> Tensor | list[Tensor]:
+    """The backbone features a head reads, by its ``in_keys`` (default the last stage, ``"out"``): the one
+    tensor for a one-key head, else the list in ``in_keys`` order."""
+    keys = tuple(getattr(head, "in_keys", ("out",)))
+    return features[keys[0]] if len(keys) == 1 else [features[key] for key in keys]
+
+
 class Segmentor(nn.Module):
-    """Composes a backbone returning a dict of stage features with a head on its ``"out"`` entry."""
+    """Composes a backbone returning a dict of named features with a head reading the ones named by its
+    ``in_keys`` (default ``"out"``, the last stage) and an optional auxiliary head (layer3)."""
 
     def __init__(
         self,
@@ -51,9 +59,9 @@ class Segmentor(nn.Module):
     def forward_raw(self, images: Tensor) -> dict[str, Tensor]:
         """Low-resolution logits: ``{"out": ..., "aux": ...}`` (aux only when an aux head exists)."""
         feats = self.backbone(images)
-        outputs = {"out": self.head(feats["out"])}
+        outputs = {"out": self.head(head_input(feats, self.head))}
         if self.aux_head is not None:
-            outputs["aux"] = self.aux_head(feats["layer3"])
+            outputs["aux"] = self.aux_head(head_input(feats, self.aux_head))
         return outputs
 
     def upsample(self, logits: Tensor, size: tuple[int, int]) -> Tensor:

@@ -176,8 +176,9 @@ def _stage_plan(output_stride: int, num_stages: int) -> list[tuple[int, int]]:
 class ResNet(nn.Module):
     """Dilated ResNet trunk; ``forward`` returns {"layer1", ..., "layerN", "out"} feature maps.
 
-    Attributes: ``out_channels`` (channels of the last stage), ``aux_channels`` (channels of layer3),
-    ``output_stride`` (current), ``stage_names`` ("layer1".. "layer{4+extra_blocks}"), ``multi_grid``.
+    Attributes: ``feature_channels`` (channels of each feature name ``forward`` returns), ``out_channels``
+    (channels of the last stage), ``aux_channels`` (channels of layer3), ``output_stride`` (current),
+    ``stage_names`` ("layer1".. "layer{4+extra_blocks}"), ``multi_grid``; :meth:`feature_strides`.
     """
 
     def __init__(
@@ -210,6 +211,11 @@ class ResNet(nn.Module):
         self.units_per_stage = tuple(len(getattr(self, name)) for name in self.stage_names)
         self.out_channels = STAGE_WIDTHS[3] * block.expansion
         self.aux_channels = STAGE_WIDTHS[2] * block.expansion
+        widths = [*STAGE_WIDTHS, *[STAGE_WIDTHS[3]] * extra_blocks]
+        self.feature_channels: dict[str, int] = {
+            **{name: width * block.expansion for name, width in zip(self.stage_names, widths)},
+            "out": self.out_channels,
+        }
         self.output_stride = 0
         self.set_output_stride(output_stride)
         _init_weights(self)
@@ -281,6 +287,14 @@ class ResNet(nn.Module):
                 inner = getattr(unit, "unit", unit)  # a wrapped unit (see wrap_unit)
                 inner.set_geometry(stride if unit_index == 0 else 1, rate * unit_rates[unit_index])
         self.output_stride = output_stride
+
+    def feature_strides(self) -> dict[str, int]:
+        """Stride (input pixels per feature pixel) of each feature name at the current output stride."""
+        strides, stride = {}, STEM_STRIDE
+        for name, (stage_stride, _) in zip(self.stage_names, _stage_plan(self.output_stride, len(self.stage_names))):
+            stride *= stage_stride
+            strides[name] = stride
+        return {**strides, "out": strides[self.stage_names[-1]]}
 
     def stage_dilations(self, name: str) -> list[tuple[int, ...]]:
         """Dilations of the 3x3 convs of each unit in stage ``name`` (for inspection and tests)."""

@@ -79,8 +79,12 @@ class ASPPHead(nn.Module):
         image_pooling: bool = True,
         rates_output_stride: int = 16,
         dropout: float = 0.0,
+        in_keys: Sequence[str] = ("out",),
     ) -> None:
         super().__init__()
+        self.in_keys = tuple(in_keys)  # the backbone feature it reads (one)
+        if len(self.in_keys) != 1:
+            raise ValueError(f"ASPPHead reads one feature map, got in_keys={list(self.in_keys)}")
         self.rates = tuple(int(r) for r in (DEFAULT_RATES if rates is None else rates))
         if any(r < 1 for r in self.rates):
             raise ValueError(f"ASPP rates must be positive integers, got {list(self.rates)}")

@@ -13,6 +13,8 @@ Two forms:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from torch import Tensor, nn
 
 
@@ -28,8 +30,12 @@ class FCNHead(nn.Module):
         kernel_size: int = 1,
         dilation: int = 1,
         dropout: float = 0.0,
+        in_keys: Sequence[str] = ("out",),
     ) -> None:
         super().__init__()
+        self.in_keys = tuple(in_keys)  # the backbone feature it reads (one)
+        if len(self.in_keys) != 1:
+            raise ValueError(f"FCNHead reads one feature map, got in_keys={list(self.in_keys)}")
         if kernel_size < 1 or kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be a positive odd integer, got {kernel_size}")
         if dilation < 1:
