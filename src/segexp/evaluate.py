@@ -142,7 +142,8 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
         finish_loggers(loggers, failed)
     metrics = metrics_payload(module, trainer, datamodule.batch_size, time.perf_counter() - start, output_dir)
     metrics["steps"] = metrics["mIoU_step"] = int(checkpoint.get("global_step", 0))
-    metrics.pop("best_mIoU"), metrics.pop("best_step")  # one evaluation: there is no best among several
+    for key in ("best_mIoU", "best_step"):  # one evaluation: there is no best among several
+        del metrics[key]
     metrics["ckpt"] = str(Path(str(cfg.ckpt)).resolve())
     metrics["inference"] = inference_settings(module)
     metrics["labelled"] = labelled

@@ -75,8 +75,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(USAGE)
         return
     as_json = "--json" in args
-    exit_on_config_error(lambda: check_command_line([a for a in args if a != "--json"], "train"))
-    summary = model_summary(compose_config([a for a in args if a != "--json"]))
+    overrides = [a for a in args if a != "--json"]
+    exit_on_config_error(lambda: check_command_line(overrides, "train"))
+    summary = model_summary(compose_config(overrides))
     if as_json:
         print(json.dumps(summary, indent=2))
         return

@@ -74,8 +74,8 @@ class SegmentationModule(pl.LightningModule):
         ``torch.compile`` wraps the backbone and heads, not this LightningModule, so ``self.log`` and
         Lightning's DDP wrapper stay outside the compiled graphs.
         """
-        on_cuda = self.trainer.strategy.root_device.type == "cuda" if self._trainer is not None else False
-        if self.channels_last if self.channels_last is not None else on_cuda:
+        on_cuda = self.trainer.strategy.root_device.type == "cuda"
+        if on_cuda if self.channels_last is None else self.channels_last:
             self._memory_format = torch.channels_last
             self.model.to(memory_format=torch.channels_last)
         if self.compile_model and not self._compiled:

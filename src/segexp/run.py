@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import Logger, WandbLogger
 
 from segexp.config import REPO_ROOT, ConfigError
+from segexp.tables.store import ERROR_FILE
 
 
 def hydra_job_names(output_dir: Path) -> tuple[str | None, str]:
@@ -193,9 +194,6 @@ def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(json_safe(payload), indent=2, sort_keys=False, allow_nan=False) + "\n")
     os.replace(tmp, path)
-
-
-ERROR_FILE = "error.json"
 
 
 def exit_on_config_error(check: Callable[[], None]) -> None:

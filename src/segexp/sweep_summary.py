@@ -8,7 +8,6 @@ job ends -- whether or not jobs failed -- or, for launchers that run jobs elsewh
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,8 @@ import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
+
+from segexp.tables.store import ERROR_FILE, METRICS_FILE, read_json
 
 
 def count_jobs(task_overrides: list[str]) -> int:
@@ -36,7 +37,7 @@ def job_rows(sweep_dir: Path) -> list[dict[str, Any]]:
     for job_dir in job_dirs:
         overrides = yaml.safe_load((job_dir / ".hydra" / "overrides.yaml").read_text()) or []
         row: dict[str, Any] = {"job": str(job_dir.relative_to(sweep_dir)), "overrides": " ".join(overrides)}
-        metrics, error = _read(job_dir / "metrics.json"), _read(job_dir / "error.json")
+        metrics, error = read_json(job_dir / METRICS_FILE), read_json(job_dir / ERROR_FILE)
         if metrics is not None:
             row.update(status="ok", mIoU=metrics.get("mIoU"), best=metrics.get("best_mIoU"))
         elif error is not None:
@@ -54,13 +55,6 @@ def headline(error: str) -> str:
     if len(lines) > 1 and lines[0].endswith(":"):
         return f"{lines[0]} {lines[1]}"
     return lines[0] if lines else ""
-
-
-def _read(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def _percent(value: Any) -> str:
