@@ -73,3 +73,58 @@ def test_data_dir_defaults_next_to_the_repo(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.delenv("SEGEXP_DATA_DIR", raising=False)
     cfg = compose_config(["dataset=camvid"])
     assert Path(cfg.dataset.root) == CONF_DIR.parent / ".." / "shared" / "data" / "camvid"
+
+
+# ------------------------------------------------------------------------------------------------ messages
+
+
+def test_a_misspelt_key_without_plus_gets_the_closest_valid_key() -> None:
+    from segexp.builders import check_command_line
+
+    with pytest.raises(ConfigError, match=r"'backbone.dpeth': ResNet has no parameter 'dpeth'\. Did you mean 'depth'"):
+        check_command_line(["backbone.dpeth=50"], "train")
+    with pytest.raises(ConfigError, match=r"Unknown config key 'data.num_wokers'\. Did you mean 'data.num_workers'"):
+        check_command_line(["ckpt=x.ckpt", "data.num_wokers=2"], "eval")
+    assert check_command_line(["backbone.depth=50"], "train") is None  # valid: nothing to say
+    assert check_command_line(["-m", "backbone.dpeth=50,101"], "train") is None  # sweeps: Hydra reports
+
+
+def test_usage_and_a_missing_ckpt_are_one_screen_not_a_traceback(capsys: pytest.CaptureFixture[str]) -> None:
+    import subprocess
+    import sys
+
+    from segexp.info import main as info_main
+
+    info_main(["--help"])
+    assert capsys.readouterr().out.startswith("usage: segexp-info [OVERRIDE ...] [--json]")
+    help_text = subprocess.run([sys.executable, "-m", "segexp.evaluate", "--help"], capture_output=True, text=True,
+                               timeout=120)
+    assert help_text.returncode == 0 and "usage: segexp-eval ckpt=" in help_text.stdout
+    no_ckpt = subprocess.run([sys.executable, "-m", "segexp.evaluate"], capture_output=True,
+                             text=True, timeout=120)
+    assert no_ckpt.returncode == 2 and "Traceback" not in no_ckpt.stderr
+    assert no_ckpt.stderr.strip().splitlines() == [
+        "evaluate.py: ckpt=<path> is required: the segexp-train checkpoint to evaluate, e.g. "
+        "ckpt=outputs/train/runs/<time>/checkpoints/last.ckpt"
+    ]
+
+
+def test_a_missing_dataset_root_says_how_to_point_at_the_data(tmp_path) -> None:
+    from segexp.datasets.base import DatasetError
+    from segexp.datasets.camvid import CamVid
+
+    with pytest.raises(DatasetError) as err:
+        CamVid(root=str(tmp_path / "data" / ".." / "nowhere"), split="train")
+    message = str(err.value)
+    assert f"dataset root not found: {tmp_path / 'nowhere'};" in message  # normalised: no '..'
+    assert "SEGEXP_DATA_DIR=" in message and "dataset.root=" in message
+
+
+def test_a_file_that_is_not_a_checkpoint_is_named_as_such(tmp_path) -> None:
+    from segexp.evaluate import load_checkpoint
+
+    text = tmp_path / "notes.txt"
+    text.write_text("not a checkpoint\n")
+    with pytest.raises(ConfigError, match=r"ckpt=.*notes.txt: not a segexp checkpoint") as err:
+        load_checkpoint(str(text))
+    assert "weights_only=False" not in str(err.value)
