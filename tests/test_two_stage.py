@@ -77,9 +77,9 @@ def save_module_checkpoint(model: nn.Module, path: Path) -> None:
 def test_init_from_mismatch_names_file_keys_and_shapes(make_cfg, tmp_path: Path) -> None:
     plain, with_aux = tmp_path / "plain.ckpt", tmp_path / "aux.ckpt"
     save_module_checkpoint(build_segmentor(make_cfg(), num_classes=6), plain)
-    save_module_checkpoint(build_segmentor(make_cfg("model.aux_weight=0.4"), num_classes=6), with_aux)
+    save_module_checkpoint(build_segmentor(make_cfg("aux_head=fcn"), num_classes=6), with_aux)
     with pytest.raises(ConfigError, match=r"plain\.ckpt: .*missing keys: aux_head\.classifier\.bias"):
-        build_segmentor(make_cfg("model.aux_weight=0.4", f"model.init_from={plain}"), num_classes=6)
+        build_segmentor(make_cfg("aux_head=fcn", f"model.init_from={plain}"), num_classes=6)
     with pytest.raises(ConfigError, match=r"aux\.ckpt: .*unexpected keys: aux_head\.classifier\.bias"):
         build_segmentor(make_cfg(f"model.init_from={with_aux}"), num_classes=6)
     shapes = r"shape mismatches: head\.classifier\.bias: checkpoint \(6,\) vs model \(21,\)"

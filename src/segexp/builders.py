@@ -9,9 +9,10 @@ are passed here, not repeated in YAML.
 from __future__ import annotations
 
 import difflib
+import logging
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,18 +24,19 @@ from torch import nn
 from segexp.backbones.frozen_bn import freeze_batchnorm
 from segexp.config import ConfigError, validate_config
 from segexp.datamodule import SegmentationDataModule
-from segexp.heads.fcn import FCNHead
 from segexp.module import SegmentationModule
 from segexp.segmentor import Segmentor
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
 class ModelOptions:
     """The ``model`` config node: how backbone and head are put together and trained."""
 
-    aux_weight: float = 0.0
-    aux_channels: int = 256
-    aux_dropout: float = 0.1
+    head_loss_weight: float = 1.0
+    scales: list[float] = field(default_factory=lambda: [1.0])
+    scale_loss_weights: float | list[float] = 1.0
     align_corners: bool = False
     bn_momentum: float | None = None
     downsample_labels: bool = False
@@ -45,9 +47,13 @@ class ModelOptions:
     compile: bool = False
 
 
+BUILDER_KEYS = {"aux_head": ("loss_weight",)}
+"""Keys of a component's node that the builder reads itself (not constructor arguments)."""
+
+
 def validate(cfg: DictConfig) -> None:
     """Fail before training on unknown keys or wrongly typed values (see :mod:`segexp.config`)."""
-    validate_config(cfg, {"data": SegmentationDataModule, "model": ModelOptions})
+    validate_config(cfg, {"data": SegmentationDataModule, "model": ModelOptions}, builder_keys=BUILDER_KEYS)
 
 
 HYDRA_FLAGS_WITHOUT_PRECHECK = ("-m", "--multirun", "-h", "--help", "--hydra-help", "-c", "--cfg", "-i", "--info",
@@ -99,21 +105,22 @@ def build_datamodule(cfg: DictConfig) -> SegmentationDataModule:
 
 
 def build_segmentor(cfg: DictConfig, num_classes: int) -> Segmentor:
-    """Backbone from ``cfg.backbone``; head from ``cfg.head`` sized to it and built at its output stride
-    (ASPP rates scaled, see :mod:`segexp.heads.aspp`); optional aux head."""
+    """Backbone from ``cfg.backbone``; head (and ``cfg.aux_head``) sized to it and built at its output stride
+    (ASPP rates scaled, see :mod:`segexp.heads.aspp`); ``cfg.fusion`` for several ``model.scales``; the loss
+    weight of every output."""
     options = model_options(cfg)
     backbone = instantiate(cfg.backbone)
-    output_stride = int(backbone.output_stride)
+    head = build_head(cfg.head, "head", backbone, num_classes)
+    aux_head, aux_weight = None, 0.0
+    if cfg.get("aux_head") is not None:
+        aux_weight = aux_loss_weight(cfg.aux_head)
+        aux_head = build_head(cfg.aux_head, "aux_head", backbone, num_classes)
     try:
-        head = instantiate(cfg.head, in_channels=input_channels(backbone, cfg.head.get("in_keys")),
-                           num_classes=num_classes, output_stride=output_stride)
+        model = Segmentor(backbone, head, aux_head, align_corners=options.align_corners, scales=options.scales,
+                          fusion=build_fusion(cfg, options.scales), head_loss_weight=options.head_loss_weight,
+                          aux_loss_weight=aux_weight, scale_loss_weights=options.scale_loss_weights)
     except ValueError as err:
-        raise ConfigError(f"head at backbone.output_stride={output_stride}: {err}") from err
-    aux_head = None
-    if options.aux_weight > 0:
-        aux_head = FCNHead(input_channels(backbone, AUX_KEYS), num_classes, output_stride=output_stride,
-                           channels=options.aux_channels, dropout=options.aux_dropout, in_keys=AUX_KEYS)
-    model = Segmentor(backbone, head, aux_head, align_corners=options.align_corners)
+        raise ConfigError(str(err)) from err
     if options.eval_output_stride is not None:
         check_output_stride(model, options.eval_output_stride, "model.eval_output_stride")
     if options.init_from is not None:
@@ -125,11 +132,45 @@ def build_segmentor(cfg: DictConfig, num_classes: int) -> Segmentor:
     return model
 
 
-AUX_KEYS = ("layer3",)
-"""The feature the auxiliary FCN head reads (PSPNet / torchvision convention)."""
+def build_head(node: DictConfig, key: str, backbone: nn.Module, num_classes: int) -> nn.Module:
+    """The head at config key ``key``: input channels from the backbone's description of the features it reads
+    (``in_keys``), the number of classes and the backbone's output stride are passed, never written in YAML;
+    the keys the builder reads itself (:data:`BUILDER_KEYS`) are left out."""
+    output_stride = int(backbone.output_stride)
+    if BUILDER_KEYS.get(key):
+        params = OmegaConf.to_container(node, resolve=True)
+        node = OmegaConf.create({k: v for k, v in params.items() if k not in BUILDER_KEYS[key]})
+    try:
+        return instantiate(node, in_channels=input_channels(backbone, node.get("in_keys"), key),
+                           num_classes=num_classes, output_stride=output_stride)
+    except ValueError as err:
+        if isinstance(err, ConfigError):
+            raise
+        raise ConfigError(f"{key} at backbone.output_stride={output_stride}: {err}") from err
 
 
-def input_channels(backbone: nn.Module, in_keys: Sequence[str] | None) -> int | list[int]:
+def aux_loss_weight(node: DictConfig) -> float:
+    """``aux_head.loss_weight``: a number >= 0 (the auxiliary output's weight in the training loss)."""
+    weight = node.get("loss_weight", None)
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
+        raise ConfigError(f"aux_head.loss_weight={weight!r}: give the auxiliary loss's weight, a number >= 0 "
+                          "(e.g. 0.4)")
+    return float(weight)
+
+
+def build_fusion(cfg: DictConfig, scales: Sequence[float]) -> nn.Module | None:
+    """``cfg.fusion`` when the model runs several input scales. With one scale there is nothing to fuse: a
+    fusion chosen anyway (e.g. in a table's base, with a row setting ``model.scales=[1.0]``) is not built, so
+    that no unused parameters reach the optimizer or DDP."""
+    if cfg.get("fusion") is None:
+        return None
+    if len(scales) < 2:
+        log.info("fusion=%s unused: model.scales=%s has one scale", cfg.fusion.get("_target_"), list(scales))
+        return None
+    return instantiate(cfg.fusion)
+
+
+def input_channels(backbone: nn.Module, in_keys: Sequence[str] | None, key: str = "head") -> int | list[int]:
     """A head's input channels from the backbone's description (``feature_channels``) of the features it
     reads: an int for one key (default ``"out"``), else a list in ``in_keys`` order. Unknown names fail
     with the list of the backbone's features."""
@@ -137,7 +178,7 @@ def input_channels(backbone: nn.Module, in_keys: Sequence[str] | None) -> int | 
     known = backbone.feature_channels
     unknown = [key for key in keys if key not in known]
     if unknown:
-        raise ConfigError(f"head.in_keys={keys}: the backbone has no feature {', '.join(map(repr, unknown))}; "
+        raise ConfigError(f"{key}.in_keys={keys}: the backbone has no feature {', '.join(map(repr, unknown))}; "
                           f"its features are {', '.join(known)}")
     channels = [int(known[key]) for key in keys]
     return channels[0] if len(channels) == 1 else channels
@@ -236,7 +277,6 @@ def build_module(cfg: DictConfig, datamodule: SegmentationDataModule) -> Segment
         loss=instantiate(cfg.loss),
         schedule=instantiate(cfg.schedule),
         class_names=datamodule.class_names,
-        aux_weight=options.aux_weight,
         downsample_labels=options.downsample_labels,
         eval_output_stride=options.eval_output_stride,
         channels_last=options.channels_last,

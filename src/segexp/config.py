@@ -66,20 +66,26 @@ def register_resolvers() -> None:
 register_resolvers()
 
 
-def validate_config(cfg: DictConfig, schemas: Mapping[str, Callable[..., Any]]) -> None:
+def validate_config(
+    cfg: DictConfig,
+    schemas: Mapping[str, Callable[..., Any]],
+    builder_keys: Mapping[str, Sequence[str]] | None = None,
+) -> None:
     """Check every ``_target_`` node, and each node named in ``schemas``, against a signature.
 
     ``schemas`` maps a top-level key (e.g. ``"data"``) to the callable whose keyword parameters
-    that node feeds. Raises :class:`ConfigError` naming the first offending key.
+    that node feeds; ``builder_keys`` maps a node's key (e.g. ``"aux_head"``) to keys of it that the
+    builder reads itself, so they are not constructor parameters (e.g. ``loss_weight``). Raises
+    :class:`ConfigError` naming the first offending key.
     """
     for key, target in schemas.items():
         node = cfg.get(key)
         if node is not None:
             _check_node(node, target, key, skip_keys=())
-    _check_targets(cfg, prefix="")
+    _check_targets(cfg, prefix="", builder_keys=builder_keys or {})
 
 
-def _check_targets(node: Any, prefix: str) -> None:
+def _check_targets(node: Any, prefix: str, builder_keys: Mapping[str, Sequence[str]]) -> None:
     if isinstance(node, DictConfig):
         target_name = node.get("_target_") if "_target_" in node else None
         if target_name is not None:
@@ -87,14 +93,14 @@ def _check_targets(node: Any, prefix: str) -> None:
                 target = get_object(str(target_name))
             except Exception as err:  # hydra raises several types here
                 raise ConfigError(f"{prefix}._target_: cannot import '{target_name}': {err}") from err
-            _check_node(node, target, prefix, skip_keys=())
+            _check_node(node, target, prefix, skip_keys=builder_keys.get(prefix, ()))
         for key in node:
             child = node._get_node(key)
             if isinstance(child, (DictConfig, ListConfig)):
-                _check_targets(child, f"{prefix}.{key}" if prefix else str(key))
+                _check_targets(child, f"{prefix}.{key}" if prefix else str(key), builder_keys)
     elif isinstance(node, ListConfig):
         for i, child in enumerate(node):
-            _check_targets(child, f"{prefix}[{i}]")
+            _check_targets(child, f"{prefix}[{i}]", builder_keys)
 
 
 def _signature_params(target: Callable[..., Any]) -> tuple[dict[str, inspect.Parameter], bool, dict]:

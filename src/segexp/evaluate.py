@@ -53,7 +53,7 @@ def load_checkpoint(path: str) -> dict[str, Any]:
 
 def run_config(cfg: DictConfig, stored: dict[str, Any]) -> DictConfig:
     """The training config from the checkpoint, with the eval command's choices applied."""
-    run = OmegaConf.create(stored)
+    run = OmegaConf.create(upgrade_stored_config(stored))
     if cfg.get("dataset") is not None:
         run.dataset = cfg.dataset
     given = {k: v for k, v in (cfg.get("data") or {}).items() if v is not None}
@@ -65,6 +65,25 @@ def run_config(cfg: DictConfig, stored: dict[str, Any]) -> DictConfig:
     for key in ("inference", "trainer", "logger", "output_dir", "seed"):
         run[key] = cfg.get(key)
     return run
+
+
+OLD_AUX_KEYS = ("aux_weight", "aux_channels", "aux_dropout")
+"""``model.*`` keys of checkpoints written before the ``aux_head`` group existed."""
+
+
+def upgrade_stored_config(stored: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's stored config in today's form: the old ``model.aux_weight/aux_channels/aux_dropout`` flags
+    become the ``aux_head`` node they meant (an FCN head on layer3; none when the weight was 0)."""
+    model = dict(stored.get("model") or {})
+    if not any(key in model for key in OLD_AUX_KEYS):
+        return stored
+    weight = float(model.pop("aux_weight", 0.0) or 0.0)
+    channels, dropout = model.pop("aux_channels", 256), model.pop("aux_dropout", 0.1)
+    upgraded = {**stored, "model": model}
+    if weight > 0:
+        upgraded["aux_head"] = {"_target_": "segexp.heads.fcn.FCNHead", "channels": channels, "dropout": dropout,
+                                "in_keys": ["layer3"], "loss_weight": weight}
+    return upgraded
 
 
 def check_scorable(dataset: SegmentationDataset, split: str, save_predictions: bool) -> None:

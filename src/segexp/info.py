@@ -52,7 +52,8 @@ def model_summary(cfg: DictConfig) -> dict[str, Any]:
         "num_params": params,
         "params_by_part": {
             name: count_params(part)
-            for name, part in (("backbone", model.backbone), ("head", model.head), ("aux_head", model.aux_head))
+            for name, part in (("backbone", model.backbone), ("head", model.head), ("aux_head", model.aux_head),
+                               ("fusion", model.fusion))
             if part is not None
         },
         "size_mb_fp32": round(params * 4 / 2**20, 2),

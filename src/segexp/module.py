@@ -1,14 +1,18 @@
 """The LightningModule: loss, poly-scheduled SGD, and whole-split metrics for a Segmentor.
 
 Training follows DeepLabv3 Sec. 4.1: the loss is computed on logits upsampled to the label size
-(or, for Table 8's ablation, on labels downsampled to the logit size), an optional auxiliary head
-adds a weighted second loss, and the LR follows the poly schedule stepped every optimizer step.
+(or, for Table 8's ablation, on labels downsampled to the logit size), and the LR follows the poly
+schedule stepped every optimizer step. The segmentor's outputs are named and weighted (main head,
+auxiliary head, one per input scale): the training loss is ``sum_k weight_k * loss(output_k, labels)``
+and each term is logged as ``train/loss/<output>``. A loss whose ``forward`` has a ``batch`` parameter
+also receives the whole batch (for weights computed from the label map or read from other batch keys).
 Validation accumulates one confusion matrix over the whole split (see :mod:`segexp.metrics`) and
 may run the same weights at another output stride (Table 10).
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Any
 
@@ -37,7 +41,6 @@ class SegmentationModule(pl.LightningModule):
         loss: nn.Module,
         schedule: PolySchedule,
         class_names: tuple[str, ...],
-        aux_weight: float = 0.0,
         downsample_labels: bool = False,
         eval_output_stride: int | None = None,
         channels_last: bool | None = None,
@@ -50,7 +53,7 @@ class SegmentationModule(pl.LightningModule):
         self.loss = loss
         self.schedule = schedule
         self.class_names = tuple(class_names)
-        self.aux_weight = aux_weight
+        self.loss_takes_batch = "batch" in inspect.signature(loss.forward).parameters
         self.downsample_labels = downsample_labels
         self.eval_output_stride = eval_output_stride
         self.channels_last = channels_last
@@ -79,7 +82,7 @@ class SegmentationModule(pl.LightningModule):
             self._memory_format = torch.channels_last
             self.model.to(memory_format=torch.channels_last)
         if self.compile_model and not self._compiled:
-            for part in (self.model.backbone, self.model.head, self.model.aux_head):
+            for part in (self.model.backbone, self.model.head, self.model.aux_head, self.model.fusion):
                 if part is not None:
                     part.compile()
             self._compiled = True
@@ -92,20 +95,29 @@ class SegmentationModule(pl.LightningModule):
     def forward(self, images: Tensor) -> Tensor:
         return self.model(images)
 
-    def head_loss(self, logits: Tensor, labels: Tensor) -> Tensor:
-        """Loss of one head's low-resolution logits against full-resolution labels."""
+    def compute_loss(self, logits: Tensor, labels: Tensor, batch: dict[str, Tensor]) -> Tensor:
+        """The loss module on ``logits`` and ``labels`` of the same size (and the batch when it asks for it)."""
+        if self.loss_takes_batch:
+            return self.loss(logits, labels, batch=batch)
+        return self.loss(logits, labels)
+
+    def output_loss(self, logits: Tensor, batch: dict[str, Tensor]) -> Tensor:
+        """Loss of one output's low-resolution logits against the batch's full-resolution labels: logits
+        upsampled to the labels, or labels downsampled (nearest) to the logits (``model.downsample_labels``)."""
+        labels = batch["label"]
         if self.downsample_labels:
             small = F.interpolate(labels[:, None].float(), size=logits.shape[-2:], mode="nearest")
-            return self.loss(logits, small[:, 0].long())
-        return self.loss(self.model.upsample(logits, tuple(labels.shape[-2:])), labels)
+            return self.compute_loss(logits, small[:, 0].long(), batch)
+        return self.compute_loss(self.model.upsample(logits, tuple(labels.shape[-2:])), labels, batch)
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         outputs = self.model.forward_raw(self.in_model_layout(batch["image"]))
-        loss = self.head_loss(outputs["out"], batch["label"])
-        if "aux" in outputs:
-            aux = self.head_loss(outputs["aux"], batch["label"])
-            self.log("train/aux_loss", aux)
-            loss = loss + self.aux_weight * aux
+        weights = self.model.loss_weights
+        terms = {name: self.output_loss(outputs[name], batch) for name in outputs if weights.get(name, 0.0) != 0.0}
+        loss = sum(weights[name] * term for name, term in terms.items())
+        if len(outputs) > 1:
+            for name, term in terms.items():
+                self.log(f"train/loss/{name}", term)
         if not math.isfinite(loss.item()):
             raise NonFiniteLossError(
                 f"Training loss is {loss.item()} at step {self.global_step}: stopping. Lower schedule.lr, "
@@ -118,7 +130,7 @@ class SegmentationModule(pl.LightningModule):
         max_steps = self.trainer.max_steps
         if max_steps is None or max_steps <= 0:
             raise ValueError(f"trainer.max_steps must be > 0 for the poly schedule, got {max_steps}")
-        heads = [m for m in (self.model.head, self.model.aux_head) if m is not None]
+        heads = [m for m in (self.model.head, self.model.aux_head, self.model.fusion) if m is not None]
         optimizer, scheduler = self.schedule.build(self.model.backbone, heads, max_steps)
         return {
             "optimizer": optimizer,
@@ -135,7 +147,7 @@ class SegmentationModule(pl.LightningModule):
         labels = batch["label"]
         self.confusion.update(logits.argmax(dim=1), labels)
         if self.inference.is_plain:  # otherwise the scores are averaged probabilities, not logits
-            self.eval_loss.update(self.loss(logits, labels), weight=labels.shape[0])
+            self.eval_loss.update(self.compute_loss(logits, labels, batch), weight=labels.shape[0])
         return logits
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:

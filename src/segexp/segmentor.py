@@ -1,15 +1,43 @@
-"""Encoder-decoder segmentor: backbone -> head (+ optional auxiliary head on layer3).
+"""Encoder-decoder segmentor: backbone -> head (+ optional auxiliary head), at one or several input scales.
 
 The head's logits come out at 1/output_stride of the input. Following DeepLabv3 Sec. 4.1
 ("Upsampling logits"), :meth:`Segmentor.forward` upsamples them bilinearly to the input size; the
 training loss decides whether to upsample logits to the labels (default) or to downsample labels
 to the logits (Table 8's ablation), so this module also exposes the raw low-resolution outputs.
+
+Outputs are named (:meth:`Segmentor.forward_raw`) and each carries a loss weight
+(:attr:`Segmentor.loss_weights`): ``out`` is the main output (the one inference uses), ``aux`` the
+auxiliary head's (e.g. FCN on ``layer3``), and with several input scales ``out_scale<s>`` is the output
+of the network run on the image resized by ``s``.
+
+Multi-scale inputs (DeepLab-V2's MSC, Chen et al. 2016 Sec. 3.3; attention to scale, Chen et al. 2016):
+the same network (shared weights) runs on the image resized by each of ``scales``; every scale's logits
+are resized bilinearly to the grid of the largest scale's logits and fused by ``fusion`` (max or mean
+over scales, or a learned attention) into ``out``. Each scale's own output is supervised too, with
+``scale_loss_weights``. The auxiliary head reads the features of the scale-1 stream (the first scale
+when 1.0 is not among them).
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+MAIN_OUTPUT = "out"
+AUX_OUTPUT = "aux"
+
+
+def scale_output_name(scale: float) -> str:
+    """The name of the output of the stream at ``scale`` (``out_scale0.75``; ``out_scale1`` for 1.0)."""
+    return f"{MAIN_OUTPUT}_scale{scale:g}"
+
+
+def scaled_size(size: Sequence[int], scale: float) -> tuple[int, int]:
+    """``size`` times ``scale``, rounded half up, at least 1 pixel."""
+    return max(1, math.floor(size[0] * scale + 0.5)), max(1, math.floor(size[1] * scale + 0.5))
 
 
 def head_input(features: dict[str, Tensor], head: nn.Module) -> Tensor | list[Tensor]:
@@ -21,7 +49,9 @@ def head_input(features: dict[str, Tensor], head: nn.Module) -> Tensor | list[Te
 
 class Segmentor(nn.Module):
     """Composes a backbone returning a dict of named features with a head reading the ones named by its
-    ``in_keys`` (default ``"out"``, the last stage) and an optional auxiliary head (layer3)."""
+    ``in_keys`` (default ``"out"``, the last stage), an optional auxiliary head and, for several input
+    ``scales``, a ``fusion`` module mapping the per-scale logits (resized to one grid) and the per-scale
+    backbone features to one tensor: ``fusion(logits: list[Tensor], features: list[dict[str, Tensor]])``."""
 
     def __init__(
         self,
@@ -29,12 +59,41 @@ class Segmentor(nn.Module):
         head: nn.Module,
         aux_head: nn.Module | None = None,
         align_corners: bool = False,
+        scales: Sequence[float] = (1.0,),
+        fusion: nn.Module | None = None,
+        head_loss_weight: float = 1.0,
+        aux_loss_weight: float = 0.0,
+        scale_loss_weights: float | Sequence[float] = 1.0,
     ) -> None:
         super().__init__()
+        self.scales = tuple(float(s) for s in scales)
+        if not self.scales or any(s <= 0 for s in self.scales) or len(set(self.scales)) != len(self.scales):
+            raise ValueError(f"model.scales must be distinct positive numbers, got {list(scales)}")
+        if len(self.scales) > 1 and fusion is None:
+            raise ValueError(f"model.scales={list(self.scales)} runs several scales: choose how their logits are "
+                             "fused, e.g. fusion=max or fusion=mean")
         self.backbone = backbone
         self.head = head
         self.aux_head = aux_head
+        self.fusion = fusion if len(self.scales) > 1 else None
         self.align_corners = align_corners
+        self.loss_weights = self._output_weights(head_loss_weight, aux_loss_weight, scale_loss_weights)
+
+    def _output_weights(self, head: float, aux: float, per_scale: float | Sequence[float]) -> dict[str, float]:
+        """The loss weight of every output :meth:`forward_raw` produces, by name."""
+        weights = {MAIN_OUTPUT: float(head)}
+        if self.aux_head is not None:
+            weights[AUX_OUTPUT] = float(aux)
+        if len(self.scales) > 1:
+            per = [float(per_scale)] * len(self.scales) if isinstance(per_scale, (int, float)) else list(per_scale)
+            if len(per) != len(self.scales):
+                raise ValueError(f"model.scale_loss_weights={per} needs one weight per scale of "
+                                 f"model.scales={list(self.scales)}")
+            weights.update({scale_output_name(s): float(w) for s, w in zip(self.scales, per)})
+        if any(w < 0 for w in weights.values()) or not any(weights.values()):
+            raise ValueError(f"loss weights must be >= 0 and not all 0, got {weights} (model.head_loss_weight, "
+                             "aux_head.loss_weight, model.scale_loss_weights)")
+        return weights
 
     @property
     def output_stride(self) -> int:
@@ -57,12 +116,37 @@ class Segmentor(nn.Module):
             part.set_output_stride(output_stride)
 
     def forward_raw(self, images: Tensor) -> dict[str, Tensor]:
-        """Low-resolution logits: ``{"out": ..., "aux": ...}`` (aux only when an aux head exists)."""
-        feats = self.backbone(images)
-        outputs = {"out": self.head(head_input(feats, self.head))}
-        if self.aux_head is not None:
-            outputs["aux"] = self.aux_head(head_input(feats, self.aux_head))
+        """Low-resolution logits by output name: ``out`` (+ ``aux`` with an auxiliary head, + ``out_scale<s>``
+        per scale with several scales)."""
+        if len(self.scales) == 1:
+            feats = self.backbone(self._resize(images, self.scales[0]))
+            return {MAIN_OUTPUT: self.head(head_input(feats, self.head)), **self._aux(feats)}
+        outputs: dict[str, Tensor] = {}
+        per_scale, features = [], []
+        for scale in self.scales:
+            feats = self.backbone(self._resize(images, scale))
+            per_scale.append(self.head(head_input(feats, self.head)))
+            features.append(feats)
+            if scale == self.aux_scale:
+                outputs.update(self._aux(feats))
+        grid = max((tuple(logits.shape[-2:]) for logits in per_scale), key=lambda hw: hw[0] * hw[1])
+        outputs[MAIN_OUTPUT] = self.fusion([self.upsample(logits, grid) for logits in per_scale], features)
+        outputs.update({scale_output_name(s): logits for s, logits in zip(self.scales, per_scale)})
         return outputs
+
+    @property
+    def aux_scale(self) -> float:
+        """The stream the auxiliary head reads: scale 1 (the first scale when 1.0 is not among them)."""
+        return 1.0 if 1.0 in self.scales else self.scales[0]
+
+    def _aux(self, feats: dict[str, Tensor]) -> dict[str, Tensor]:
+        return {} if self.aux_head is None else {AUX_OUTPUT: self.aux_head(head_input(feats, self.aux_head))}
+
+    def _resize(self, images: Tensor, scale: float) -> Tensor:
+        if scale == 1.0:
+            return images
+        size = scaled_size(tuple(images.shape[-2:]), scale)
+        return F.interpolate(images, size=size, mode="bilinear", align_corners=self.align_corners)
 
     def upsample(self, logits: Tensor, size: tuple[int, int]) -> Tensor:
         if tuple(logits.shape[-2:]) == tuple(size):
@@ -70,5 +154,5 @@ class Segmentor(nn.Module):
         return F.interpolate(logits, size=size, mode="bilinear", align_corners=self.align_corners)
 
     def forward(self, images: Tensor) -> Tensor:
-        """Main-head logits upsampled to the input's height and width."""
-        return self.upsample(self.forward_raw(images)["out"], tuple(images.shape[-2:]))
+        """Main-output logits upsampled to the input's height and width."""
+        return self.upsample(self.forward_raw(images)[MAIN_OUTPUT], tuple(images.shape[-2:]))

@@ -1,0 +1,224 @@
+"""Named, weighted outputs (main, auxiliary, one per input scale) and multi-scale fusion (issue 9, items 3-4).
+
+Known answers: max / mean fusion on hand-made logits; the training loss of a two-scale model with an
+auxiliary head against the weighted sum of per-output cross-entropies computed by hand; a shared-weights
+multi-scale forward against single-scale runs of the same network on resized images.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from segexp.backbones.resnet import ResNet
+from segexp.builders import build_module, build_segmentor, validate
+from segexp.config import ConfigError
+from segexp.fusion.max import MaxFusion
+from segexp.fusion.mean import MeanFusion
+from segexp.heads.fcn import FCNHead
+from segexp.losses.cross_entropy import CrossEntropy
+from segexp.module import SegmentationModule
+from segexp.schedules.poly import PolySchedule
+from segexp.segmentor import Segmentor, scale_output_name, scaled_size
+
+# training_step is called here without a Trainer: its self.log calls are expected no-ops
+pytestmark = pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
+
+SMALL = ["backbone=resnet18", "backbone.output_stride=8", "head=fcn", "dataset=synthetic", "logger=csv"]
+
+
+def hand_logits() -> list[Tensor]:
+    a = torch.tensor([[[[1.0, -2.0], [0.5, 3.0]]]])
+    b = torch.tensor([[[[0.0, 4.0], [-1.0, 3.0]]]])
+    return [a, b]
+
+
+def test_max_fusion_takes_the_elementwise_maximum() -> None:
+    fused = MaxFusion()(hand_logits(), features=[])
+    assert torch.equal(fused, torch.tensor([[[[1.0, 4.0], [0.5, 3.0]]]]))
+
+
+def test_mean_fusion_takes_the_elementwise_mean() -> None:
+    fused = MeanFusion()(hand_logits(), features=[])
+    assert torch.equal(fused, torch.tensor([[[[0.5, 1.0], [-0.25, 3.0]]]]))
+
+
+def small_segmentor(**kwargs) -> Segmentor:
+    torch.manual_seed(0)
+    backbone = ResNet(18, output_stride=8)
+    head = FCNHead(backbone.out_channels, 4, output_stride=8)
+    return Segmentor(backbone, head, **kwargs).eval()
+
+
+def test_multi_scale_streams_share_weights_and_are_fused_on_the_largest_grid() -> None:
+    model = small_segmentor(scales=(1.0, 0.5), fusion=MaxFusion())
+    single = Segmentor(model.backbone, model.head).eval()  # the same modules, one scale
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        outputs = model.forward_raw(images)
+        full = single.forward_raw(images)["out"]
+        half = single.forward_raw(F.interpolate(images, size=(32, 32), mode="bilinear", align_corners=False))["out"]
+    assert set(outputs) == {"out", "out_scale1", "out_scale0.5"}
+    assert torch.allclose(outputs["out_scale1"], full) and torch.allclose(outputs["out_scale0.5"], half)
+    assert outputs["out"].shape == full.shape == (2, 4, 8, 8)  # the largest scale's grid
+    upsampled = F.interpolate(half, size=(8, 8), mode="bilinear", align_corners=False)
+    assert torch.allclose(outputs["out"], torch.maximum(full, upsampled))
+    assert model(images).shape == (2, 4, 64, 64)  # inference reads the fused output
+
+
+def test_scaled_sizes_round_half_up() -> None:
+    assert scaled_size((513, 513), 0.75) == (385, 385)
+    assert scaled_size((513, 100), 0.5) == (257, 50)
+    assert scale_output_name(1.0) == "out_scale1" and scale_output_name(0.75) == "out_scale0.75"
+
+
+def test_loss_of_a_two_scale_model_is_the_weighted_sum_of_per_output_cross_entropies() -> None:
+    torch.manual_seed(0)
+    backbone = ResNet(18, output_stride=8)
+    head = FCNHead(backbone.out_channels, 4, output_stride=8)
+    aux = FCNHead(backbone.feature_channels["layer3"], 4, output_stride=8, channels=8, in_keys=("layer3",))
+    model = Segmentor(backbone, head, aux, scales=(1.0, 0.5), fusion=MeanFusion(), head_loss_weight=1.0,
+                      aux_loss_weight=0.4, scale_loss_weights=(0.5, 0.25)).eval()
+    module = SegmentationModule(model, CrossEntropy(), PolySchedule(), class_names=("a", "b", "c", "d"))
+    images = torch.randn(2, 3, 64, 64)
+    labels = torch.randint(0, 4, (2, 64, 64))
+    labels[:, :5] = 255  # ignored pixels
+    with torch.no_grad():
+        loss = module.training_step({"image": images, "label": labels}, 0)
+        outputs = model.forward_raw(images)
+
+    def ce(name: str) -> Tensor:
+        up = F.interpolate(outputs[name], size=(64, 64), mode="bilinear", align_corners=False)
+        return F.cross_entropy(up, labels, ignore_index=255)
+
+    expected = 1.0 * ce("out") + 0.4 * ce("aux") + 0.5 * ce("out_scale1") + 0.25 * ce("out_scale0.5")
+    assert model.loss_weights == {"out": 1.0, "aux": 0.4, "out_scale1": 0.5, "out_scale0.5": 0.25}
+    assert torch.allclose(loss, expected, atol=1e-6)
+
+
+def test_downsampled_labels_are_used_for_every_output() -> None:
+    model = small_segmentor(scales=(1.0, 0.5), fusion=MaxFusion(), scale_loss_weights=1.0)
+    module = SegmentationModule(model, CrossEntropy(), PolySchedule(), class_names=tuple("abcd"),
+                                downsample_labels=True)
+    images, labels = torch.randn(1, 3, 64, 64), torch.randint(0, 4, (1, 64, 64))
+    with torch.no_grad():
+        loss = module.training_step({"image": images, "label": labels}, 0)
+        outputs = model.forward_raw(images)
+
+    def ce(name: str) -> Tensor:
+        small = F.interpolate(labels[:, None].float(), size=outputs[name].shape[-2:], mode="nearest")[:, 0].long()
+        return F.cross_entropy(outputs[name], small)
+
+    assert torch.allclose(loss, ce("out") + ce("out_scale1") + ce("out_scale0.5"), atol=1e-6)
+
+
+class BatchWeightedLoss(nn.Module):
+    """A loss whose pixel weights come from the batch (as a boundary-aware loss's would)."""
+
+    def forward(self, logits: Tensor, target: Tensor, batch: dict[str, Tensor]) -> Tensor:
+        per_pixel = F.cross_entropy(logits, target, reduction="none")
+        return (per_pixel * batch["pixel_weight"]).sum() / batch["pixel_weight"].sum()
+
+
+def test_a_loss_with_a_batch_parameter_receives_the_batch() -> None:
+    model = small_segmentor()
+    module = SegmentationModule(model, BatchWeightedLoss(), PolySchedule(), class_names=tuple("abcd"))
+    images, labels = torch.randn(1, 3, 32, 32), torch.randint(0, 4, (1, 32, 32))
+    weight = torch.zeros(1, 32, 32)
+    weight[:, :4, :4] = 1.0  # only the top-left corner counts
+    with torch.no_grad():
+        loss = module.training_step({"image": images, "label": labels, "pixel_weight": weight}, 0)
+        logits = model(images)
+    expected = F.cross_entropy(logits[..., :4, :4], labels[:, :4, :4])
+    assert torch.allclose(loss, expected, atol=1e-6)
+
+
+def test_aux_head_group_builds_an_fcn_head_on_layer3(make_cfg) -> None:
+    cfg = make_cfg("aux_head=fcn", base=SMALL)
+    validate(cfg)  # loss_weight is the builder's key, not a constructor parameter
+    model = build_segmentor(cfg, num_classes=6)
+    aux = model.aux_head
+    assert isinstance(aux, FCNHead) and aux.in_keys == ("layer3",)
+    # conv3x3 256->256 (no bias) + BN(256) + 1x1 classifier 256->6 with bias: ResNet-18's layer3 has 256 channels
+    assert sum(p.numel() for p in aux.parameters()) == 256 * 256 * 9 + 2 * 256 + 256 * 6 + 6
+    assert model.loss_weights == {"out": 1.0, "aux": 0.4}
+    assert make_cfg(base=SMALL).get("aux_head") is None  # default: no auxiliary head
+
+
+def test_multi_scale_config_builds_fusion_and_weights(make_cfg) -> None:
+    cfg = make_cfg("fusion=max", "model.scales=[1.0,0.75,0.5]", "model.scale_loss_weights=[1.0,0.5,0.5]",
+                   base=SMALL)
+    validate(cfg)
+    model = build_segmentor(cfg, num_classes=6)
+    assert isinstance(model.fusion, MaxFusion) and model.scales == (1.0, 0.75, 0.5)
+    assert model.loss_weights == {"out": 1.0, "out_scale1": 1.0, "out_scale0.75": 0.5, "out_scale0.5": 0.5}
+    single = build_segmentor(make_cfg("fusion=max", base=SMALL), num_classes=6)
+    assert single.fusion is None and single.loss_weights == {"out": 1.0}  # nothing to fuse with one scale
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["model.scales=[1.0,0.5]"], r"model\.scales=\[1\.0, 0\.5\] runs several scales: .*fusion=max"),
+        (["fusion=mean", "model.scales=[1.0,0.5]", "model.scale_loss_weights=[1.0]"],
+         r"model\.scale_loss_weights=\[1\.0\] needs one weight per scale"),
+        (["model.scales=[1.0,1.0]", "fusion=max"], r"model\.scales must be distinct positive numbers"),
+        (["aux_head=fcn", "aux_head.loss_weight=null"], r"aux_head\.loss_weight=None"),
+        (["aux_head=fcn", "aux_head.in_keys=[layer7]"], r"aux_head\.in_keys=\['layer7'\]: the backbone has no"),
+        (["model.head_loss_weight=0"], r"not all 0"),
+    ],
+)
+def test_output_config_errors_name_the_key(make_cfg, overrides: list[str], message: str) -> None:
+    cfg = make_cfg(*overrides, base=SMALL)
+    with pytest.raises(ConfigError, match=message):
+        validate(cfg)
+        build_segmentor(cfg, num_classes=6)
+
+
+def test_aux_head_rejects_unknown_keys(make_cfg) -> None:
+    with pytest.raises(ConfigError, match=r"aux_head\.chanels.*Did you mean 'channels'"):
+        validate(make_cfg("aux_head=fcn", "+aux_head.chanels=8", base=SMALL))
+
+
+def test_training_logs_each_weighted_term(make_cfg) -> None:
+    import csv
+    from pathlib import Path
+
+    from segexp.train import run_training
+
+    cfg = make_cfg("aux_head=fcn", "aux_head.channels=8", "fusion=max", "model.scales=[1.0,0.5]",
+                   "trainer.max_steps=2", "trainer.val_check_interval=2", "trainer.log_every_n_steps=1")
+    metrics = run_training(cfg)
+    assert metrics["steps"] == 2
+    [metrics_csv] = Path(cfg.output_dir).glob("csv/*/metrics.csv")
+    columns = next(csv.reader(metrics_csv.open()))
+    for name in ("out", "aux", "out_scale1", "out_scale0.5"):
+        assert f"train/loss/{name}" in columns
+    assert "train/loss" in columns
+
+
+def test_module_is_built_with_the_outputs_weights(make_cfg) -> None:
+    from segexp.builders import build_datamodule
+
+    cfg = make_cfg("aux_head=fcn", "aux_head.loss_weight=0.25", base=SMALL)
+    module = build_module(cfg, build_datamodule(cfg))
+    assert module.model.loss_weights["aux"] == 0.25 and not module.loss_takes_batch
+
+
+def test_checkpoints_written_with_the_old_aux_flags_still_evaluate(make_cfg) -> None:
+    from omegaconf import OmegaConf
+
+    from segexp.builders import plain_config
+    from segexp.evaluate import upgrade_stored_config
+
+    stored = plain_config(make_cfg(base=SMALL))
+    stored["model"].update({"aux_weight": 0.4, "aux_channels": 64, "aux_dropout": 0.1})
+    upgraded = OmegaConf.create(upgrade_stored_config(stored))
+    validate(upgraded)
+    model = build_segmentor(upgraded, num_classes=6)
+    assert model.aux_head.in_keys == ("layer3",) and model.aux_head.classifier.in_channels == 64
+    assert model.loss_weights == {"out": 1.0, "aux": 0.4}
+    stored["model"]["aux_weight"] = 0.0
+    assert build_segmentor(OmegaConf.create(upgrade_stored_config(stored)), num_classes=6).aux_head is None
