@@ -41,7 +41,7 @@ test-gpu: $(STAMP)
 	$(BIN)/pytest -q -m gpu -rs $(ARGS)
 
 bench: $(STAMP)
-	$(BIN)/python -m segexp.bench $(ARGS)
+	$(BIN)/python -m segexp.cli.bench $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests

@@ -4,7 +4,7 @@
 # - installs segexp's missing dependencies from the wheels in .whl/ (made by scripts/device_prepare.sh on a
 #   machine with PyPI) into a private folder, keeping the machine's own CUDA torch, Lightning and torchmetrics;
 # - tests: the CUDA-only tests (pytest -m gpu);
-# - bench: python -m segexp.bench (training MFU, inference and loader rates; bench.json);
+# - bench: python -m segexp.cli.bench (training MFU, inference and loader rates; bench.json);
 # - proxy: DeepLabv3 Table 5 on CamVid at full resolution from scratch (profile gpu_proxy), from .camvid/
 #   (scripts/device_prepare.sh) or $SEGEXP_DATA_DIR/camvid; SEEDS (default 1) seeds per row, ROWS to restrict.
 # Summary, environment, logs, JSON and the proxy report are written to OUT_DIR (default: $OUT, else
@@ -49,7 +49,7 @@ for stage in $STAGES; do
       log "$(tail -1 "$OUT_DIR/gpu-tests.log")" ;;
     bench)
       log "benchmark -> bench.log, bench.json"
-      "$PY" -m segexp.bench --json "$OUT_DIR/bench.json" > "$OUT_DIR/bench.log" 2>&1 || status=1
+      "$PY" -m segexp.cli.bench --json "$OUT_DIR/bench.json" > "$OUT_DIR/bench.log" 2>&1 || status=1
       tail -n 20 "$OUT_DIR/bench.log" | tee -a "$OUT_DIR/summary.txt" ;;
     proxy)
       if [ -z "${SEGEXP_DATA_DIR:-}" ] && [ -d .camvid ]; then
@@ -57,7 +57,7 @@ for stage in $STAGES; do
         export SEGEXP_DATA_DIR=/tmp/segexp-data
       fi
       log "proxy: deeplabv3.t5 under gpu_proxy, seeds ${SEEDS:-1} -> proxy.log"
-      "$PY" -m segexp.tables.cli run deeplabv3.t5 --profile gpu_proxy --seeds "${SEEDS:-1}" \
+      "$PY" -m segexp.cli.table run deeplabv3.t5 --profile gpu_proxy --seeds "${SEEDS:-1}" \
         ${ROWS:+--rows "$ROWS"} > "$OUT_DIR/proxy.log" 2>&1 || status=1
       cp experiments/results/deeplabv3.t5.gpu_proxy.md "$OUT_DIR/" 2>/dev/null
       grep -h '^| `' "$OUT_DIR/deeplabv3.t5.gpu_proxy.md" 2>/dev/null | tee -a "$OUT_DIR/summary.txt" ;;

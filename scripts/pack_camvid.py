@@ -4,7 +4,7 @@
 
 Images become ``<split>/<name>.jpg`` (RGB, 4:4:4 chroma, the given quality); labels are copied unchanged
 (lossless PNG, so the metrics are those of the original labels); ``<split>.txt`` lists the new pairs in the
-published ``/SegNet/CamVid/<dir>/<file>`` form that :class:`segexp.datasets.camvid.CamVid` re-roots.
+published ``/SegNet/CamVid/<dir>/<file>`` form that :class:`segexp.data.datasets.camvid.CamVid` re-roots.
 The output folder is replaced only after the whole copy is written.
 """
 
@@ -18,7 +18,7 @@ from pathlib import Path
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from segexp.datasets.camvid import CamVid  # noqa: E402
+from segexp.data.datasets.camvid import CamVid  # noqa: E402
 
 
 def pack_split(source: Path, target: Path, split: str, quality: int) -> int:

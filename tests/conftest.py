@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from omegaconf import DictConfig
 
-from segexp.info import compose_config
+from segexp.config import compose_config
 
 CAMVID_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "camvid"
 

@@ -13,7 +13,7 @@ import scipy.io
 import scipy.sparse
 from PIL import Image
 
-from segexp.datasets.voc import VOC_PALETTE
+from segexp.data.datasets.voc import VOC_PALETTE
 
 HEIGHT, WIDTH = 24, 32
 

@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from segexp.bootstrapping import CACHE_FOLDER, class_presence, sample_repeats
-from segexp.builders import build_datamodule, validate
-from segexp.datamodule import SeededSampler, SegmentationDataModule
-from segexp.datasets.synthetic import SyntheticShapes, generate_scene
-from segexp.datasets.voc import VOC
+from segexp.data.bootstrapping import CACHE_FOLDER, class_presence, sample_repeats
+from segexp.data.datamodule import SeededSampler, SegmentationDataModule
+from segexp.data.datasets.synthetic import SyntheticShapes, generate_scene
+from segexp.data.datasets.voc import VOC
+from segexp.training.build import build_datamodule, validate
 from tests.fixtures import make_voc, voc_label
 
 RING = SyntheticShapes.CLASSES.index("ring")
@@ -88,7 +88,7 @@ def test_presence_is_cached_in_the_dataset_root_and_reused(tmp_path: Path, monke
     def no_reading(path: object) -> None:
         raise AssertionError("labels were read again")
 
-    monkeypatch.setattr("segexp.bootstrapping.load_label", no_reading)
+    monkeypatch.setattr("segexp.data.bootstrapping.load_label", no_reading)
     assert class_presence(VOC(root, split="train")) == expected
     assert sample_repeats(expected, [2, 3], hard_repeat=2) == [1, 2, 2]  # bicycle in image 1, bird in image 2
 

@@ -10,22 +10,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from segexp.builders import build_datamodule, validate
-from segexp.datasets.base import DatasetError, load_label
-from segexp.datasets.coco import (
-    COCO_CATEGORY_IDS,
-    COCO_TO_VOC_NAMES,
-    COCOVOC,
-    annotation_mask,
-    main,
-    polygon_mask,
-    rle_counts_from_string,
-    rle_counts_to_string,
-    rle_decode,
-    rle_encode,
-    voc_category_map,
-)
-from segexp.datasets.voc import VOC_CLASSES, VOC_PALETTE
+from segexp.cli.convert_coco import main
+from segexp.data.convert.coco_masks import annotation_mask, polygon_mask
+from segexp.data.convert.coco_rle import rle_counts_from_string, rle_counts_to_string, rle_decode, rle_encode
+from segexp.data.convert.coco_to_voc import COCO_CATEGORY_IDS, COCO_TO_VOC_NAMES, voc_category_map
+from segexp.data.datasets.base import DatasetError, load_label
+from segexp.data.datasets.coco import COCOVOC
+from segexp.data.datasets.voc import VOC_CLASSES, VOC_PALETTE
+from segexp.training.build import build_datamodule, validate
 from tests.fixtures import random_image, write_rgb
 
 # A 3x3 mask and its COCO RLE, encoded by hand (column-major runs 0,0 | 1,1,1,1 | 0 | 1 | 0):

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from hydra.errors import ConfigCompositionException
 
-from segexp.builders import validate
-from segexp.config import CONF_DIR, ConfigError
-from segexp.info import compose_config, model_summary
+from segexp.cli.info import model_summary
+from segexp.config import CONF_DIR, ConfigError, compose_config
+from segexp.training.build import validate
 
 GROUPS = ["backbone", "head", "loss", "dataset", "schedule", "trainer", "logger", "inference", "debug"]
 
@@ -79,7 +79,7 @@ def test_data_dir_defaults_next_to_the_repo(monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def test_a_misspelt_key_without_plus_gets_the_closest_valid_key() -> None:
-    from segexp.builders import check_command_line
+    from segexp.cli.precheck import check_command_line
 
     with pytest.raises(ConfigError, match=r"'backbone.dpeth': ResNet has no parameter 'dpeth'\. Did you mean 'depth'"):
         check_command_line(["backbone.dpeth=50"], "train")
@@ -93,14 +93,14 @@ def test_usage_and_a_missing_ckpt_are_one_screen_not_a_traceback(capsys: pytest.
     import subprocess
     import sys
 
-    from segexp.info import main as info_main
+    from segexp.cli.info import main as info_main
 
     info_main(["--help"])
     assert capsys.readouterr().out.startswith("usage: segexp-info [OVERRIDE ...] [--json]")
-    help_text = subprocess.run([sys.executable, "-m", "segexp.evaluate", "--help"], capture_output=True, text=True,
+    help_text = subprocess.run([sys.executable, "-m", "segexp.cli.evaluate", "--help"], capture_output=True, text=True,
                                timeout=120)
     assert help_text.returncode == 0 and "usage: segexp-eval ckpt=" in help_text.stdout
-    no_ckpt = subprocess.run([sys.executable, "-m", "segexp.evaluate"], capture_output=True,
+    no_ckpt = subprocess.run([sys.executable, "-m", "segexp.cli.evaluate"], capture_output=True,
                              text=True, timeout=120)
     assert no_ckpt.returncode == 2 and "Traceback" not in no_ckpt.stderr
     assert no_ckpt.stderr.strip().splitlines() == [
@@ -110,8 +110,8 @@ def test_usage_and_a_missing_ckpt_are_one_screen_not_a_traceback(capsys: pytest.
 
 
 def test_a_missing_dataset_root_says_how_to_point_at_the_data(tmp_path) -> None:
-    from segexp.datasets.base import DatasetError
-    from segexp.datasets.camvid import CamVid
+    from segexp.data.datasets.base import DatasetError
+    from segexp.data.datasets.camvid import CamVid
 
     with pytest.raises(DatasetError) as err:
         CamVid(root=str(tmp_path / "data" / ".." / "nowhere"), split="train")
@@ -121,7 +121,7 @@ def test_a_missing_dataset_root_says_how_to_point_at_the_data(tmp_path) -> None:
 
 
 def test_a_file_that_is_not_a_checkpoint_is_named_as_such(tmp_path) -> None:
-    from segexp.evaluate import load_checkpoint
+    from segexp.cli.evaluate import load_checkpoint
 
     text = tmp_path / "notes.txt"
     text.write_text("not a checkpoint\n")

@@ -12,9 +12,10 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from segexp.builders import build_datamodule, validate
-from segexp.datasets.ade20k import ADE20K
-from segexp.datasets.base import (
+from segexp.cli.convert_sbd import main
+from segexp.data.convert.sbd_to_voc import aug_splits, convert_sbd
+from segexp.data.datasets.ade20k import ADE20K
+from segexp.data.datasets.base import (
     IGNORE_INDEX,
     DatasetError,
     SegmentationDataset,
@@ -22,12 +23,12 @@ from segexp.datasets.base import (
     load_image,
     load_label,
 )
-from segexp.datasets.camvid import CamVid
-from segexp.datasets.cityscapes import TRAIN_ID_LUT, Cityscapes
-from segexp.datasets.sbd import aug_splits, convert_sbd, main
-from segexp.datasets.synthetic import SyntheticShapes
-from segexp.datasets.transforms import build_eval_transform, build_train_transform
-from segexp.datasets.voc import VOC, VOCAug
+from segexp.data.datasets.camvid import CamVid
+from segexp.data.datasets.cityscapes import TRAIN_ID_LUT, Cityscapes
+from segexp.data.datasets.synthetic import SyntheticShapes
+from segexp.data.datasets.voc import VOC, VOCAug
+from segexp.data.transforms import build_eval_transform, build_train_transform
+from segexp.training.build import build_datamodule, validate
 from tests.fixtures import (
     CITYSCAPES_LABEL_IDS,
     HEIGHT,

@@ -18,10 +18,10 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from segexp.builders import build_datamodule, build_module
-from segexp.datamodule import SeededSampler
-from segexp.info import compose_config
-from segexp.train import run_training
+from segexp.cli.train import run_training
+from segexp.config import compose_config
+from segexp.data.datamodule import SeededSampler
+from segexp.training.build import build_datamodule, build_module
 
 
 def rank_batches(sampler: SeededSampler, batch_size: int) -> list[list[tuple[int, int]]]:
@@ -70,10 +70,10 @@ def max_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> fl
     return max((a[k].double() - b[k].double()).abs().max().item() for k in a)
 
 
-LIGHTNING_STARTS_RANKS = ["-m", "segexp.train"]
+LIGHTNING_STARTS_RANKS = ["-m", "segexp.cli.train"]
 """Lightning starts rank 1 itself by re-running the command line."""
-TORCHRUN = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "segexp.train"]
-"""``torchrun --standalone --nproc_per_node=2 -m segexp.train``: torchrun starts both ranks (Lightning's
+TORCHRUN = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "segexp.cli.train"]
+"""``torchrun --standalone --nproc_per_node=2 -m segexp.cli.train``: torchrun starts both ranks (Lightning's
 TorchElasticEnvironment); ``hydra.run.dir`` is given, so both ranks share one run dir."""
 
 

@@ -20,10 +20,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from segexp.bench import FixedBatches
-from segexp.builders import build_datamodule, build_module
-from segexp.run import effective_sync_batchnorm
-from segexp.train import run_training
+from segexp.cli.bench import FixedBatches
+from segexp.cli.train import run_training
+from segexp.training.build import build_datamodule, build_module
+from segexp.training.harness import effective_sync_batchnorm
 from tests.test_training import interrupted_and_resumed
 
 pytestmark = [
@@ -146,8 +146,8 @@ def test_compiled_model_trains_and_keeps_checkpoint_keys(make_cfg) -> None:
 
 def write_fixture_voc_aug(data_dir: Path) -> None:
     """A VOC 2012 + SBD tree converted to train_aug, and random torchvision-format ResNet-101 weights."""
-    from segexp.backbones.resnet import ResNet
-    from segexp.datasets.sbd import convert_sbd
+    from segexp.data.convert.sbd_to_voc import convert_sbd
+    from segexp.models.backbones.resnet import ResNet
     from tests.fixtures import make_sbd, make_voc
 
     voc_root = make_voc(data_dir)

@@ -7,10 +7,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segexp.backbones.frozen_bn import freeze_batchnorm
-from segexp.backbones.resnet import ResNet
-from segexp.heads.aspp import ASPPHead
-from segexp.heads.fcn import FCNHead
+from segexp.models.backbones.frozen_bn import freeze_batchnorm
+from segexp.models.backbones.resnet import ResNet
+from segexp.models.heads.aspp import ASPPHead
+from segexp.models.heads.fcn import FCNHead
 
 
 def n_params(module: nn.Module) -> int:
@@ -202,8 +202,8 @@ def test_fcn_classifier_dilation_scales_with_the_output_stride() -> None:
 
 
 def test_a_part_without_set_output_stride_cannot_follow_another_stride() -> None:
-    from segexp.backbones.resnet import ResNet
-    from segexp.segmentor import Segmentor
+    from segexp.models.backbones.resnet import ResNet
+    from segexp.models.segmentor import Segmentor
 
     class Plain(nn.Module):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -230,7 +230,7 @@ class TwoStageHead(nn.Module):
 
 
 def test_backbone_describes_its_features() -> None:
-    from segexp.backbones.resnet import ResNet
+    from segexp.models.backbones.resnet import ResNet
 
     model = ResNet(50, output_stride=16)
     assert model.feature_channels == {"layer1": 256, "layer2": 512, "layer3": 1024, "layer4": 2048, "out": 2048}
@@ -243,10 +243,10 @@ def test_backbone_describes_its_features() -> None:
 
 
 def test_heads_read_the_features_named_by_in_keys(make_cfg) -> None:
-    from segexp.backbones.resnet import ResNet
-    from segexp.builders import build_segmentor, input_channels
     from segexp.config import ConfigError
-    from segexp.segmentor import Segmentor
+    from segexp.models.backbones.resnet import ResNet
+    from segexp.models.build import build_segmentor, input_channels
+    from segexp.models.segmentor import Segmentor
 
     base = ["backbone=resnet18", "backbone.output_stride=8", "head=fcn", "dataset=synthetic", "logger=csv"]
     model = build_segmentor(make_cfg("head.in_keys=[layer2]", base=base), num_classes=6)

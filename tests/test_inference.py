@@ -1,7 +1,7 @@
 import torch
 import torch.nn.functional as F
 
-from segexp.inference import Inference, sliding_window
+from segexp.training.inference import Inference, sliding_window
 
 
 def _pixel_model(x: torch.Tensor) -> torch.Tensor:

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 
-from segexp.metrics import confusion_matrix_metric, metrics_from_confusion
+from segexp.training.metrics import confusion_matrix_metric, metrics_from_confusion
 
 
 def test_metrics_on_hand_made_confusion() -> None:

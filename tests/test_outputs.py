@@ -12,16 +12,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from segexp.backbones.resnet import ResNet
-from segexp.builders import build_module, build_segmentor, validate
 from segexp.config import ConfigError
-from segexp.fusion.max import MaxFusion
-from segexp.fusion.mean import MeanFusion
-from segexp.heads.fcn import FCNHead
-from segexp.losses.cross_entropy import CrossEntropy
-from segexp.module import SegmentationModule
-from segexp.schedules.poly import PolySchedule
-from segexp.segmentor import Segmentor, scale_output_name, scaled_size
+from segexp.models.backbones.resnet import ResNet
+from segexp.models.build import build_segmentor
+from segexp.models.fusion.max import MaxFusion
+from segexp.models.fusion.mean import MeanFusion
+from segexp.models.heads.fcn import FCNHead
+from segexp.models.losses.cross_entropy import CrossEntropy
+from segexp.models.segmentor import Segmentor, scale_output_name, scaled_size
+from segexp.training.build import build_module, validate
+from segexp.training.module import SegmentationModule
+from segexp.training.schedules.poly import PolySchedule
 
 # training_step is called here without a Trainer: its self.log calls are expected no-ops
 pytestmark = pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
@@ -186,7 +187,7 @@ def test_training_logs_each_weighted_term(make_cfg) -> None:
     import csv
     from pathlib import Path
 
-    from segexp.train import run_training
+    from segexp.cli.train import run_training
 
     cfg = make_cfg("aux_head=fcn", "aux_head.channels=8", "fusion=max", "model.scales=[1.0,0.5]",
                    "trainer.max_steps=2", "trainer.val_check_interval=2", "trainer.log_every_n_steps=1")
@@ -200,21 +201,23 @@ def test_training_logs_each_weighted_term(make_cfg) -> None:
 
 
 def test_module_is_built_with_the_outputs_weights(make_cfg) -> None:
-    from segexp.builders import build_datamodule
+    from segexp.training.build import build_datamodule
 
     cfg = make_cfg("aux_head=fcn", "aux_head.loss_weight=0.25", base=SMALL)
     module = build_module(cfg, build_datamodule(cfg))
     assert module.model.loss_weights["aux"] == 0.25 and not module.loss_takes_batch
 
 
-def test_checkpoints_written_with_the_old_aux_flags_still_evaluate(make_cfg) -> None:
+def test_checkpoints_written_before_the_aux_head_group_and_package_layout_still_evaluate(make_cfg) -> None:
     from omegaconf import OmegaConf
 
-    from segexp.builders import plain_config
-    from segexp.evaluate import upgrade_stored_config
+    from segexp.training.build import plain_config
+    from segexp.training.checkpoints import upgrade_stored_config
 
     stored = plain_config(make_cfg(base=SMALL))
     stored["model"].update({"aux_weight": 0.4, "aux_channels": 64, "aux_dropout": 0.1})
+    stored["backbone"]["_target_"] = "segexp.backbones.resnet.ResNet"  # before the models/ package
+    stored["head"]["_target_"] = "segexp.heads.fcn.FCNHead"
     upgraded = OmegaConf.create(upgrade_stored_config(stored))
     validate(upgraded)
     model = build_segmentor(upgraded, num_classes=6)

@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from segexp.backbones.frozen_bn import FrozenBatchNorm2d, freeze_batchnorm
-from segexp.backbones.resnet import TORCHVISION_URLS, ResNet, load_pretrained
+from segexp.models.backbones.frozen_bn import FrozenBatchNorm2d, freeze_batchnorm
+from segexp.models.backbones.resnet import TORCHVISION_URLS, ResNet, load_pretrained
 
 
 def n_params(module: nn.Module) -> int:
@@ -497,7 +497,7 @@ def test_a_wrapped_unit_is_on_the_forward_path_and_follows_the_output_stride() -
 
 
 def test_unit_wrappers_come_from_the_config(make_cfg) -> None:
-    from segexp.builders import build_segmentor
+    from segexp.models.build import build_segmentor
 
     cfg = make_cfg("+backbone.unit_wrappers.res5b._target_=tests.test_resnet.Marker",
                    "+backbone.unit_wrappers.res5b._partial_=true")

@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segexp.losses.cross_entropy import CrossEntropy
-from segexp.schedules.poly import PolySchedule
+from segexp.models.losses.cross_entropy import CrossEntropy
+from segexp.training.schedules.poly import PolySchedule
 
 
 def _lrs(schedule: PolySchedule, max_steps: int, steps: int) -> list[float]:

@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from segexp import bench
-from segexp.builders import build_datamodule
+from segexp.cli import bench
+from segexp.cli.info import model_summary
+from segexp.cli.train import run_training
 from segexp.config import gpu_mixed_precision
-from segexp.datasets.camvid import CamVid
-from segexp.info import model_summary
-from segexp.train import run_training
+from segexp.data.datasets.camvid import CamVid
+from segexp.training.build import build_datamodule
 from tests.test_gpu import cosine, one_step_update, relative_error
 
 

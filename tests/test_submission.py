@@ -12,17 +12,16 @@ import pytest
 import torch
 from PIL import Image
 
-from segexp.callbacks import SavePredictions
-from segexp.config import ConfigError
-from segexp.datasets.base import IGNORE_INDEX, load_label
-from segexp.datasets.cityscapes import Cityscapes
-from segexp.datasets.voc import VOC, VOC_PALETTE
-from segexp.evaluate import hydra_result, run_evaluation
-from segexp.info import compose_config
-from segexp.metrics import confusion_matrix_metric, metrics_from_confusion
-from segexp.run import write_json_atomic
-from segexp.submission import TRAIN_ID_TO_LABEL_ID, palette_png, submission_name
-from segexp.train import run_training
+from segexp.cli.evaluate import hydra_result, run_evaluation
+from segexp.cli.train import run_training
+from segexp.config import ConfigError, compose_config
+from segexp.data.datasets.base import IGNORE_INDEX, load_label
+from segexp.data.datasets.cityscapes import Cityscapes
+from segexp.data.datasets.voc import VOC, VOC_PALETTE
+from segexp.data.submission import TRAIN_ID_TO_LABEL_ID, palette_png, submission_name
+from segexp.training.callbacks import SavePredictions
+from segexp.training.harness import write_json_atomic
+from segexp.training.metrics import confusion_matrix_metric, metrics_from_confusion
 from tests.fixtures import HEIGHT, WIDTH, make_cityscapes, make_voc, random_image, write_rgb
 
 OFFICIAL_LABEL_IDS = [7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33]

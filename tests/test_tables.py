@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 from omegaconf import OmegaConf
 
-from segexp.backbones.resnet import ResNet
-from segexp.config import REPO_ROOT
-from segexp.info import compose_config
-from segexp.tables import cli, runner
+from segexp.cli import table as cli
+from segexp.config import REPO_ROOT, compose_config
+from segexp.models.backbones.resnet import ResNet
+from segexp.tables import runner
 from segexp.tables.measure import add_measurements
 from segexp.tables.plan import (
     NotRunUnderProfile,
@@ -381,7 +381,7 @@ def test_launch_commands_one_sweep_or_one_process_per_row(tmp_path: Path) -> Non
     spec, smoke = load_table("deeplabv3.t5"), load_profile("smoke")
     jobs = [plan_train_job(spec, spec.row(n), smoke, 0, tmp_path) for n in ("mg111", "mg121")]
     sweep = sweep_command("train", jobs, tmp_path, tmp_path / ".rows", "submitit_slurm", ["hydra.launcher.partition=x"])
-    assert sweep[1:5] == ["-m", "segexp.train", "-m", "+table_row=mg111/seed0,mg121/seed0"]
+    assert sweep[1:5] == ["-m", "segexp.cli.train", "-m", "+table_row=mg111/seed0,mg121/seed0"]
     assert "hydra.sweep.subdir=${hydra:runtime.choices.table_row}" in sweep and "hydra/launcher=submitit_slurm" in sweep
     assert sweep[-1] == "hydra.launcher.partition=x" and f"hydra.sweep.dir={tmp_path}" in sweep
     single = single_command(jobs[0], tmp_path / ".rows", [])

@@ -12,9 +12,9 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from segexp.evaluate import run_evaluation
-from segexp.module import NonFiniteLossError
-from segexp.train import run_training
+from segexp.cli.evaluate import run_evaluation
+from segexp.cli.train import run_training
+from segexp.training.module import NonFiniteLossError
 
 
 class CaptureFinalState(pl.Callback):
@@ -96,15 +96,15 @@ def test_resume_after_interruption_matches_uninterrupted_run(make_cfg) -> None:
 @pytest.fixture
 def falling_miou(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every validation reports a lower mIoU than the one before (0.9, 0.45, 0.3, ...)."""
-    import segexp.module
+    import segexp.training.module
 
-    original, calls = segexp.module.metrics_from_confusion, []
+    original, calls = segexp.training.module.metrics_from_confusion, []
 
     def falling(*args: Any, **kwargs: Any) -> dict[str, Any]:
         calls.append(1)
         return {**original(*args, **kwargs), "mIoU": 0.9 / len(calls)}
 
-    monkeypatch.setattr(segexp.module, "metrics_from_confusion", falling)
+    monkeypatch.setattr(segexp.training.module, "metrics_from_confusion", falling)
 
 
 def read_step(path: Path) -> int:
@@ -128,7 +128,7 @@ def test_last_ckpt_is_the_final_state_when_val_miou_drops(make_cfg, falling_miou
 
 def test_eval_and_init_from_read_the_final_weights_of_last_ckpt(make_cfg, falling_miou) -> None:
     """What an eval_of row (segexp-eval ckpt=last.ckpt) and an init_from row (model.init_from) load."""
-    from segexp.builders import build_segmentor
+    from segexp.models.build import build_segmentor
 
     cfg = make_cfg("trainer.max_steps=8", "trainer.val_check_interval=3")
     final = CaptureFinalState()
@@ -180,7 +180,7 @@ def test_multirun_gives_each_job_its_own_dir_and_metrics(tmp_path: Path) -> None
     from tests.conftest import FAST_RUN
 
     base = [o for o in FAST_RUN if not o.startswith(("trainer.max_steps", "trainer.val_check_interval"))]
-    cmd = [sys.executable, "-m", "segexp.train", "-m", *base, "trainer.max_steps=2",
+    cmd = [sys.executable, "-m", "segexp.cli.train", "-m", *base, "trainer.max_steps=2",
            "trainer.val_check_interval=2", "head.rates=[1,2,3],[2,4,6]", f"hydra.sweep.dir={tmp_path}"]
     subprocess.run(cmd, check=True, capture_output=True, timeout=300)
     metrics = sorted(tmp_path.glob("*/metrics.json"))
@@ -208,7 +208,7 @@ class GeometryLog(pl.Callback):
 
 
 def test_aspp_is_built_at_the_backbone_output_stride(make_cfg) -> None:
-    from segexp.builders import build_segmentor
+    from segexp.models.build import build_segmentor
 
     cfg = make_cfg("backbone.output_stride=8", "head.rates=[6,12,18]", "head.rates_output_stride=16")
     model = build_segmentor(cfg, num_classes=6)
@@ -217,7 +217,7 @@ def test_aspp_is_built_at_the_backbone_output_stride(make_cfg) -> None:
 
 
 def test_validation_at_another_output_stride_restores_the_training_geometry(make_cfg) -> None:
-    from segexp.builders import build_segmentor
+    from segexp.models.build import build_segmentor
 
     overrides = ("backbone.output_stride=8", "head.rates=[6,12,18]", "head.rates_output_stride=16")
     built = geometry(build_segmentor(make_cfg(*overrides), num_classes=6))
@@ -252,7 +252,7 @@ def test_multirun_ends_with_a_summary_of_every_job_failed_ones_too(tmp_path: Pat
     from tests.conftest import FAST_RUN
 
     base = [o for o in FAST_RUN if not o.startswith(("trainer.max_steps", "trainer.val_check_interval"))]
-    cmd = [sys.executable, "-m", "segexp.train", "-m", *base, "trainer.max_steps=2",
+    cmd = [sys.executable, "-m", "segexp.cli.train", "-m", *base, "trainer.max_steps=2",
            "trainer.val_check_interval=2", "backbone.output_stride=8,12", f"hydra.sweep.dir={tmp_path}"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode != 0  # a job failed

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from segexp.datasets.base import IGNORE_INDEX
-from segexp.datasets.transforms import (
+from segexp.data.datasets.base import IGNORE_INDEX
+from segexp.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     DiscreteRandomScale,

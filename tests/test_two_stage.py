@@ -9,11 +9,11 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from segexp.backbones.frozen_bn import FrozenBatchNorm2d
-from segexp.builders import build_segmentor
+from segexp.cli.evaluate import run_evaluation
+from segexp.cli.train import run_training
 from segexp.config import ConfigError
-from segexp.evaluate import run_evaluation
-from segexp.train import run_training
+from segexp.models.backbones.frozen_bn import FrozenBatchNorm2d
+from segexp.models.build import build_segmentor
 
 SHORT = ["trainer.max_steps=2", "trainer.val_check_interval=2", "dataset.num_images=8", "dataset.image_size=32",
          "data.crop_size=[32,32]"]

@@ -1,8 +1,8 @@
-"""Config composition helpers: resolvers, start-up validation and the conf/ location.
+"""Config composition: the conf/ location, resolvers, composing a config outside a Hydra run, start-up validation.
 
 Validation treats each component's typed constructor as its schema: every config node with a
 ``_target_`` (and the ``data`` and ``model`` nodes, checked against the data module and
-:class:`segexp.builders.ModelOptions`) may only hold keys that are parameters of that callable,
+:class:`segexp.models.build.ModelOptions`) may only hold keys that are parameters of that callable,
 and each value must match the parameter's annotation. A misspelt key or a wrong type therefore
 fails before any data is read, with the full config key in the message.
 """
@@ -19,8 +19,10 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_object
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONF_DIR = REPO_ROOT / "conf"
@@ -189,3 +191,13 @@ def _describe(annotation: Any) -> str:
     if isinstance(annotation, type):
         return annotation.__name__
     return str(annotation).replace("typing.", "")
+
+
+def compose_config(overrides: Sequence[str], config_name: str = "train") -> DictConfig:
+    """Compose ``conf/<config_name>.yaml`` with overrides, as segexp-train would."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name=config_name, overrides=list(overrides), return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg

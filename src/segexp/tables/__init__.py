@@ -4,5 +4,5 @@
 Modules: :mod:`~segexp.tables.spec` (schema and loading), :mod:`~segexp.tables.plan` (overrides, config
 hash, protocol guard), :mod:`~segexp.tables.runner` (launching), :mod:`~segexp.tables.measure` (model size
 and speed), :mod:`~segexp.tables.store` (reading run folders), :mod:`~segexp.tables.report` (md/csv/png)
-and :mod:`~segexp.tables.cli`.
+and :mod:`~segexp.cli.table`.
 """

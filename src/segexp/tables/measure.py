@@ -14,12 +14,13 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, open_dict
 
-from segexp.builders import build_datamodule, build_segmentor
-from segexp.datamodule import SegmentationDataModule
-from segexp.run import write_json_atomic
+from segexp.data.datamodule import SegmentationDataModule
+from segexp.models.build import build_segmentor
 from segexp.tables.plan import Job, compose
 from segexp.tables.spec import MEASURABLE
 from segexp.tables.store import METRICS_FILE, read_json
+from segexp.training.build import build_datamodule
+from segexp.training.harness import write_json_atomic
 
 WARMUP_PASSES = 2
 TIMED_PASSES = 5

@@ -21,8 +21,7 @@ import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
-from segexp.config import CONF_DIR
-from segexp.info import compose_config
+from segexp.config import CONF_DIR, compose_config
 from segexp.tables.spec import INIT_KEY, Profile, Protocol, Row, TableSpec, override_key
 from segexp.tables.store import TABLE_ROW_FILE
 
@@ -197,7 +196,7 @@ def launcher_overrides(cfg: DictConfig, launcher: str | None) -> tuple[str, ...]
     DDP rank: ``nodes`` = trainer.num_nodes, ``tasks_per_node`` = trainer.devices and, on a GPU row,
     ``gpus_per_node`` = trainer.devices (without it SLURM allocates no GPU and submitit_local hides every
     GPU). Lightning's SLURMEnvironment checks that SLURM's tasks per node and nodes equal devices and num_nodes;
-    under submitit_local, :func:`segexp.run.export_submitit_local_ranks` makes the tasks DDP ranks.
+    under submitit_local, :func:`segexp.training.harness.export_submitit_local_ranks` makes the tasks DDP ranks.
     () for other launchers; only ``nodes`` when the device count is known only on the GPU machine
     (trainer.devices=-1/auto)."""
     if launcher is None or not launcher.startswith("submitit_"):
@@ -255,7 +254,7 @@ def plan_train_job(spec: TableSpec, row: Row, profile: Profile, seed: int, base_
                    extra: Sequence[str] = (), launcher: str | None = None, source: Job | None = None) -> Job:
     """Compose and validate one training row (``source``: the job of its ``init_from`` row); raises
     :class:`NotRunUnderProfile`, or ConfigError / Hydra errors when it cannot run."""
-    from segexp.builders import validate
+    from segexp.training.build import validate
 
     distributed = distributed_overrides(spec, row, profile, seed)
     start = [f"{INIT_KEY}={last_checkpoint(source.run_dir)}"] if source is not None else []

@@ -7,7 +7,7 @@ checkpoint exists; a table without ``init_from`` is one stage.
 
 Each row is a generated config ``<profile dir>/.table_rows/table_row/<row>/seed<k>.yaml`` (its final
 overrides as a ``# @package _global_`` file) put on Hydra's search path, so one command line covers
-every row: ``python -m segexp.train -m +table_row=a/seed0,b/seed0 hydra.sweep.subdir=<choice>``.
+every row: ``python -m segexp.cli.train -m +table_row=a/seed0,b/seed0 hydra.sweep.subdir=<choice>``.
 Hydra's basic launcher runs every job and raises at the end when one failed, so a failing row does not
 stop the others. Before launching, a row whose folder holds a ``metrics.json`` written under the same
 config hash (``table_row.json``) is skipped, so a re-run after an interruption runs only what is missing
@@ -32,7 +32,6 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from segexp.run import write_json_atomic
 from segexp.tables.plan import (
     CHECKPOINTS,
     EVAL,
@@ -47,13 +46,14 @@ from segexp.tables.plan import (
 )
 from segexp.tables.spec import Profile, Row, SpecError, TableSpec, display_path, override_key
 from segexp.tables.store import ERROR_FILE, METRICS_FILE, NOT_RUN_FILE, TABLE_ROW_FILE, profile_dir, read_json
+from segexp.training.harness import write_json_atomic
 
 ROWS_FOLDER = ".table_rows"
 LOGS_FOLDER = "_logs"
 LOCK_FILE = ".lock"
 RESUMABLE_ERRORS = ("KeyboardInterrupt",)
 """error.json errors after which a row resumes from last.ckpt instead of starting over."""
-MODULES = {TRAIN: "segexp.train", EVAL: "segexp.evaluate"}
+MODULES = {TRAIN: "segexp.cli.train", EVAL: "segexp.cli.evaluate"}
 JOB_ERROR = re.compile(r"Error executing job with overrides: \[(?P<overrides>[^\]]*)\]\n(?P<body>.*?)"
                        r"(?=\nSet the environment variable HYDRA_FULL_ERROR|\nError executing job|\Z)", re.S)
 

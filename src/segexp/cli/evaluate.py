@@ -1,0 +1,199 @@
+"""``segexp-eval ckpt=<file> [dataset=...] [save_predictions=true]``: evaluate a checkpoint, write ``metrics.json``.
+
+The architecture is rebuilt from the resolved config stored in the checkpoint (so no model
+flags need repeating); the dataset, inference strategy, eval output stride and trainer come
+from the command line when given. The output has the same fields as a training run's.
+With ``save_predictions=true`` every evaluated image's prediction is also written to
+``<run dir>/predictions/`` in the evaluation server's format (DeepLabv3 Tables 7 and 13;
+see :mod:`segexp.data.submission`); ``metrics.json`` then also holds ``predictions_dir`` and
+``num_predictions`` (the PNG files in it).
+
+``"labelled"`` in ``metrics.json`` says whether the split has labels. A split published without them
+(a test-server split such as VOC or Cityscapes ``test``, see ``SegmentationDataset.has_labels``) can only
+be evaluated with ``save_predictions=true``; its ``mIoU``, ``pixel_acc`` and ``mean_acc`` are null and
+``per_class_iou`` maps every class name to null (the same keys as a labelled run), since there is nothing
+to score: the evaluation server computes the scores from the PNGs.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from segexp.cli.precheck import check_command_line, exit_on_config_error
+from segexp.config import CONF_DIR, ConfigError
+from segexp.data.datasets.base import SegmentationDataset
+from segexp.training.build import build_datamodule, build_module, validate
+from segexp.training.callbacks import SavePredictions
+from segexp.training.checkpoints import read_checkpoint, upgrade_stored_config
+from segexp.training.harness import (
+    build_loggers,
+    build_trainer,
+    failure_record,
+    finish_loggers,
+    metrics_payload,
+    output_dir_of,
+    write_json_atomic,
+)
+
+
+def load_checkpoint(path: str) -> dict[str, Any]:
+    """A Lightning checkpoint written by segexp-train, opened with ``weights_only=True``."""
+    checkpoint = read_checkpoint(path, "ckpt")
+    if "segexp" not in checkpoint:
+        raise ConfigError(f"ckpt={path}: not a segexp checkpoint (no 'segexp' config entry; was it written by "
+                          "segexp-train?)")
+    return checkpoint
+
+
+def run_config(cfg: DictConfig, stored: dict[str, Any]) -> DictConfig:
+    """The training config from the checkpoint, with the eval command's choices applied."""
+    run = OmegaConf.create(upgrade_stored_config(stored))
+    if cfg.get("dataset") is not None:
+        run.dataset = cfg.dataset
+    given = {k: v for k, v in (cfg.get("data") or {}).items() if v is not None}
+    run.data = OmegaConf.merge(run.get("data") or {}, given)
+    if cfg.model.get("eval_output_stride") is not None:
+        run.model.eval_output_stride = cfg.model.eval_output_stride
+    run.backbone.pretrained = None  # the checkpoint holds the weights
+    run.model.init_from = None
+    for key in ("inference", "trainer", "logger", "output_dir", "seed"):
+        run[key] = cfg.get(key)
+    return run
+
+
+def check_scorable(dataset: SegmentationDataset, split: str, save_predictions: bool) -> None:
+    """Raise :class:`ConfigError` for a split without labels evaluated without ``save_predictions``:
+    such a run would produce nothing (no scores, no predictions)."""
+    if not dataset.has_labels and not save_predictions:
+        raise ConfigError(
+            f"data.val_split={split}: the split has no labels (a test-server split), so there is nothing to "
+            "score; pass save_predictions=true to write its predictions for the evaluation server"
+        )
+
+
+def unlabelled_scores(class_names: tuple[str, ...]) -> dict[str, Any]:
+    """The score fields of metrics.json for a split without labels: all null, nothing was scored."""
+    return {
+        "mIoU": None,
+        "pixel_acc": None,
+        "mean_acc": None,
+        "per_class_iou": dict.fromkeys(class_names),
+    }
+
+
+def count_predictions(out_dir: Path) -> int:
+    """The prediction PNG files in ``out_dir`` (0 when it was never created)."""
+    return sum(1 for _ in out_dir.glob("*.png")) if out_dir.is_dir() else 0
+
+
+def print_summary(metrics: dict[str, Any], split: str, metrics_path: Path) -> None:
+    """The scores, or for a split without labels where its predictions for the evaluation server are."""
+    if metrics["labelled"]:
+        if "predictions_dir" in metrics:
+            print(f"wrote {metrics['num_predictions']} prediction PNGs to {metrics['predictions_dir']}")
+        print(f"mIoU {metrics['mIoU']:.4f} | pixel acc {metrics['pixel_acc']:.4f} | mean acc {metrics['mean_acc']:.4f}")
+    else:
+        print(
+            f"split '{split}' has no labels: no scores computed; submit the {metrics['num_predictions']} "
+            f"predictions in {metrics['predictions_dir']} to the evaluation server"
+        )
+    print(f"metrics: {metrics_path}")
+
+
+def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
+    """Evaluate ``cfg.ckpt`` on ``data.val_split``; write and return the metrics.json payload (on any failure,
+    ``error.json`` instead)."""
+    with failure_record(output_dir_of(cfg)):
+        return evaluate_checkpoint(cfg)
+
+
+def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
+    checkpoint = load_checkpoint(str(cfg.ckpt))
+    run = run_config(cfg, checkpoint["segexp"]["config"])
+    validate(run)
+    datamodule = build_datamodule(run)
+    trained_classes = checkpoint["segexp"]["class_names"]
+    if list(datamodule.class_names) != list(trained_classes):
+        raise ConfigError(
+            f"ckpt={cfg.ckpt} predicts {len(trained_classes)} classes {trained_classes[:4]}..., but the "
+            f"dataset {datamodule.dataset_class.__name__} has {datamodule.num_classes}"
+        )
+    evaluated = datamodule.split_dataset(datamodule.val_split, train=False)  # cached for trainer.validate
+    check_scorable(evaluated, datamodule.val_split, bool(cfg.get("save_predictions")))
+    labelled = evaluated.has_labels
+    output_dir = output_dir_of(run)
+    module = build_module(run, datamodule)
+    module.load_state_dict(checkpoint["state_dict"])
+    loggers = build_loggers(run, output_dir)
+    saver = SavePredictions(output_dir / "predictions") if cfg.get("save_predictions") else None
+    failed = True
+    start = time.perf_counter()
+    try:
+        trainer = build_trainer(run, output_dir, loggers, callbacks=[saver] if saver else [])
+        trainer.validate(module, datamodule=datamodule, verbose=False)
+        failed = False
+    finally:
+        finish_loggers(loggers, failed)
+    metrics = metrics_payload(module, trainer, datamodule.batch_size, time.perf_counter() - start, output_dir)
+    metrics["steps"] = metrics["mIoU_step"] = int(checkpoint.get("global_step", 0))
+    for key in ("best_mIoU", "best_step"):  # one evaluation: there is no best among several
+        del metrics[key]
+    metrics["ckpt"] = str(Path(str(cfg.ckpt)).resolve())
+    metrics["inference"] = inference_settings(module)
+    metrics["labelled"] = labelled
+    if not labelled:
+        metrics.update(unlabelled_scores(datamodule.class_names))
+    if saver is not None:
+        metrics["predictions_dir"] = str(saver.out_dir)
+        metrics["num_predictions"] = count_predictions(saver.out_dir)
+    write_json_atomic(output_dir / "metrics.json", metrics)
+    print_summary(metrics, datamodule.val_split, output_dir / "metrics.json")
+    return metrics
+
+
+def inference_settings(module: Any) -> dict[str, Any]:
+    """How the scores were computed: test-time scales, flip, whole image or sliding window, output stride."""
+    inference = module.inference
+    return {
+        "scales": list(inference.scales),
+        "flip": inference.flip,
+        "mode": inference.mode,
+        "crop_size": list(inference.crop_size) if inference.crop_size else None,
+        "stride": list(inference.stride) if inference.stride else None,
+        "output_stride": module.eval_output_stride or module.model.output_stride,
+    }
+
+
+def hydra_result(metrics: dict[str, Any]) -> float:
+    """What ``main`` returns to Hydra (e.g. for sweepers): the mIoU, NaN for a split without labels."""
+    score = metrics["mIoU"]
+    return math.nan if score is None else float(score)
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="eval")
+def hydra_main(cfg: DictConfig) -> float:
+    exit_on_config_error(lambda: require_ckpt(cfg))
+    return hydra_result(run_evaluation(cfg))
+
+
+def require_ckpt(cfg: DictConfig) -> None:
+    if OmegaConf.is_missing(cfg, "ckpt"):
+        raise ConfigError("ckpt=<path> is required: the segexp-train checkpoint to evaluate, e.g. "
+                          "ckpt=outputs/train/runs/<time>/checkpoints/last.ckpt")
+
+
+def main() -> None:
+    """Console entry point: a misspelt key gets a "did you mean" answer before Hydra runs the job."""
+    exit_on_config_error(lambda: check_command_line(sys.argv[1:], "eval"))
+    hydra_main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+"""``segexp-info <overrides> [--json]``: the model a config builds, without training.
+
+Prints the parameter count (total and per part), the size in MB as float32, the output stride
+and the FLOPs of one forward pass on one training crop (counted by torch's FlopCounterMode:
+one multiply-add = 2 FLOPs).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+from torch.utils.flop_counter import FlopCounterMode
+
+from segexp.cli.precheck import check_command_line, exit_on_config_error
+from segexp.config import compose_config
+from segexp.models.build import build_segmentor
+from segexp.training.build import build_datamodule, validate
+
+
+def count_params(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def model_summary(cfg: DictConfig) -> dict[str, Any]:
+    validate(cfg)
+    datamodule = build_datamodule(cfg)
+    model = build_segmentor(cfg, datamodule.num_classes).eval()
+    height, width = datamodule.crop_size
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.zeros(1, 3, height, width))
+    params = count_params(model)
+    return {
+        "backbone": cfg.backbone._target_.rsplit(".", 1)[-1] + str(cfg.backbone.get("depth", "")),
+        "head": cfg.head._target_.rsplit(".", 1)[-1],
+        "num_classes": datamodule.num_classes,
+        "num_params": params,
+        "params_by_part": {
+            name: count_params(part)
+            for name, part in (("backbone", model.backbone), ("head", model.head), ("aux_head", model.aux_head),
+                               ("fusion", model.fusion))
+            if part is not None
+        },
+        "size_mb_fp32": round(params * 4 / 2**20, 2),
+        "output_stride": model.output_stride,
+        "crop_size": [height, width],
+        "gflops_per_crop": round(counter.get_total_flops() / 1e9, 3),
+    }
+
+
+USAGE = """usage: segexp-info [OVERRIDE ...] [--json]
+
+The model a training config builds, without training: parameters (total and per part), size in MB as
+float32, output stride and FLOPs of one forward pass on one training crop. OVERRIDEs are those of
+segexp-train, e.g.:  segexp-info backbone=resnet101 head=aspp dataset=voc data.crop_size=[513,513]"""
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "-h" in args or "--help" in args:
+        print(USAGE)
+        return
+    as_json = "--json" in args
+    overrides = [a for a in args if a != "--json"]
+    exit_on_config_error(lambda: check_command_line(overrides, "train"))
+    summary = model_summary(compose_config(overrides))
+    if as_json:
+        print(json.dumps(summary, indent=2))
+        return
+    print(f"model:          {summary['backbone']} + {summary['head']} ({summary['num_classes']} classes)")
+    print(f"parameters:     {summary['num_params']:,} ({summary['size_mb_fp32']} MB as float32)")
+    for part, n in summary["params_by_part"].items():
+        print(f"  {part + ':':13} {n:,}")
+    print(f"output stride:  {summary['output_stride']}")
+    h, w = summary["crop_size"]
+    print(f"FLOPs per crop: {summary['gflops_per_crop']} GFLOPs at {h}x{w}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,134 @@
+"""``segexp-train``: compose a config with Hydra, train, and write ``metrics.json``.
+
+    segexp-train experiment=synthetic
+    segexp-train backbone=resnet101 head=aspp head.rates=[6,12,18] dataset=voc_aug
+    segexp-train -m head.rates=[6,12,18],[6,12,18,24]          # a sweep (Hydra multirun)
+    segexp-train ... hydra.run.dir=<old run dir> ckpt_path=last  # resume an interrupted run
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import hydra
+import pytorch_lightning as pl
+from omegaconf import DictConfig
+from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
+
+from segexp.cli.precheck import check_command_line, exit_on_config_error
+from segexp.config import CONF_DIR
+from segexp.training.build import build_datamodule, build_module, validate
+from segexp.training.callbacks import LastCheckpoint, ValidationExamples
+from segexp.training.harness import (
+    build_loggers,
+    build_trainer,
+    export_submitit_local_ranks,
+    failure_record,
+    finish_loggers,
+    metrics_payload,
+    output_dir_of,
+    write_json_atomic,
+)
+from segexp.training.module import SegmentationModule
+
+
+def checkpoint_callbacks(output_dir: Path) -> list[pl.Callback]:
+    """``last.ckpt`` (the latest state: resume, eval-only rows, ``init_from`` stages) and, separately, the
+    best checkpoint by val mIoU (``best-step*-miou*.ckpt``), both updated after every validation."""
+    best = ModelCheckpoint(
+        dirpath=output_dir / "checkpoints",
+        filename="best-step{step}-miou{val/mIoU:.4f}",
+        auto_insert_metric_name=False,
+        monitor="val/mIoU",
+        mode="max",
+        save_top_k=1,
+        save_last=False,
+    )
+    return [LastCheckpoint(output_dir / "checkpoints"), best]
+
+
+def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
+    """``last`` means ``<run dir>/checkpoints/last.ckpt``; a path must exist."""
+    if ckpt_path is None:
+        return None
+    path = output_dir / "checkpoints" / "last.ckpt" if ckpt_path == "last" else Path(ckpt_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"ckpt_path={ckpt_path}: no checkpoint at {path}")
+    return str(path)
+
+
+def run_training(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) -> dict[str, Any]:
+    """Train one configuration and return (and write) its final validation metrics; any failure, from the
+    config check on, writes ``error.json`` instead."""
+    export_submitit_local_ranks()
+    output_dir = output_dir_of(cfg)
+    module: SegmentationModule | None = None
+
+    def step() -> int:
+        return module.global_step if module is not None and module._trainer is not None else 0
+
+    with failure_record(output_dir, step):
+        validate(cfg)
+        ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
+        pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
+        datamodule = build_datamodule(cfg)
+        module = build_module(cfg, datamodule)
+        loggers = build_loggers(cfg, output_dir)
+        callbacks = [*checkpoint_callbacks(output_dir), ValidationExamples(), *extra_callbacks]
+        if loggers:
+            callbacks.append(LearningRateMonitor(logging_interval="step"))
+        failed = True
+        start = time.perf_counter()
+        try:
+            trainer = build_trainer(cfg, output_dir, loggers, callbacks)
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+            if module.last_val_step != trainer.global_step and not trainer.interrupted:
+                trainer.validate(module, datamodule=datamodule, verbose=False)
+            failed = trainer.interrupted
+        finally:
+            finish_loggers(loggers, failed)
+    metrics = metrics_payload(module, trainer, datamodule.batch_size, time.perf_counter() - start, output_dir)
+    if trainer.is_global_zero and not failed:
+        write_json_atomic(output_dir / "metrics.json", metrics)
+        print_summary(output_dir, metrics, loggers)
+    return metrics
+
+
+def print_summary(output_dir: Path, metrics: dict[str, Any], loggers: Sequence[Any]) -> None:
+    print(f"\nval mIoU {metrics['mIoU']:.4f} | pixel acc {metrics['pixel_acc']:.4f} | "
+          f"mean acc {metrics['mean_acc']:.4f} | {metrics['steps']} steps in {metrics['wall_s']:.0f}s")
+    print(f"run dir:      {output_dir}")
+    print(f"metrics:      {output_dir / 'metrics.json'}")
+    print(f"checkpoints:  {output_dir / 'checkpoints'}")
+    for logger in loggers:
+        print(f"dashboard:    {dashboard_hint(logger, output_dir)}")
+
+
+def dashboard_hint(logger: Any, output_dir: Path) -> str:
+    name = type(logger).__name__
+    if name == "WandbLogger":
+        return (f"wandb files in {output_dir / 'wandb'} (an offline run uploads with "
+                f"`wandb sync {output_dir / 'wandb'}/offline-run-*`)")
+    if name == "TensorBoardLogger":
+        return f"tensorboard --logdir {output_dir}"
+    return f"{name} files in {getattr(logger, 'log_dir', output_dir)}"
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
+def hydra_main(cfg: DictConfig) -> float:
+    """Returns val mIoU so Hydra sweepers can optimise it."""
+    return float(run_training(cfg)["mIoU"])
+
+
+def main() -> None:
+    """Console entry point: a misspelt key gets a "did you mean" answer before Hydra runs the job."""
+    exit_on_config_error(lambda: check_command_line(sys.argv[1:], "train"))
+    hydra_main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,384 @@
+"""Dilated (atrous) ResNet backbone for dense prediction, with DeepLabv3's cascaded blocks and multi-grid.
+
+What it computes: the convolutional trunk of an ImageNet ResNet-18/34/50/101/152 (torchvision layout and
+parameter names, "ResNet v1.5": a Bottleneck strides on its 3x3 conv; no avgpool, no fc), returning the
+feature map of every stage. Following Chen et al., "Rethinking Atrous Convolution for Semantic Image
+Segmentation" (DeepLabv3):
+
+* Sec. 3.1 -- output stride: the stem (7x7/2 conv + 3x3/2 max pool) gives stride 4; layer2, layer3, layer4
+  (and every extra block) halve the resolution nominally. Once the running stride reaches the requested
+  ``output_stride``, later stages keep stride 1 and multiply the running atrous rate by the stride they
+  dropped. All units of a dilated stage use the stage rate (the DeepLab convention, e.g. OS 8 gives layer3
+  rate 2 and layer4 rate 4, Sec. 4); the 1x1 shortcut conv of a stage's first unit takes the stage stride.
+  3x3 convs are padded by their dilation, so a stage keeps the spatial size, and the final feature map of an
+  HxW input is ceil(H / OS) x ceil(W / OS).
+* Sec. 3.2 -- going deeper: ``extra_blocks`` (0..3) appends ``layer5..layer7`` = block5..block7, replicas
+  of layer4 (same units and widths, randomly initialised), each nominally striding by 2, so the nominal
+  output stride with k extra blocks is 32 * 2**k (256 with block7, Table 1).
+* Sec. 3.2.1 -- multi-grid: ``multi_grid = (r1, r2, ...)`` are unit rates for the units of layer4 and of
+  every extra block; unit i's 3x3 conv(s) get dilation ``stage_rate * multi_grid[i]`` (OS 16 and
+  MG (1, 2, 4) give layer4 dilations (2, 4, 8)).
+* Sec. 4.1 -- training at OS 16 and evaluating/fine-tuning at OS 8 with the same weights:
+  ``ResNet.set_output_stride`` rewrites strides, dilations and paddings of the existing convs in place.
+  ``frozen_bn=True`` replaces every BN by ``FrozenBatchNorm2d`` (FCRN; DeepLabv3's second stage).
+
+Note on receptive fields: because the first unit of a dilated stage is dilated as well (instead of using
+the previous rate as the TensorFlow reference and torchvision do), a dilated model's receptive field is
+slightly larger than the undilated one's; e.g. ResNet-18 covers 435 px at OS 32 and 483 px at OS 8 (see
+``tests/test_resnet.py``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from segexp.models.backbones.frozen_bn import freeze_batchnorm
+from segexp.models.backbones.unit_names import resolve_unit
+
+# ImageNet weights in torchvision format (IMAGENET1K_V1). When online, download with
+# ``torch.hub.load_state_dict_from_url(url)`` (or save that dict with ``torch.save``) to a file and pass its
+# path as ``ResNet(pretrained=path)``. Nothing in this module downloads.
+TORCHVISION_URLS: dict[int, str] = {
+    18: "https://download.pytorch.org/models/resnet18-f37072fd.pth",
+    34: "https://download.pytorch.org/models/resnet34-b627a593.pth",
+    50: "https://download.pytorch.org/models/resnet50-0676ba61.pth",
+    101: "https://download.pytorch.org/models/resnet101-63fe2227.pth",
+    152: "https://download.pytorch.org/models/resnet152-394f9c45.pth",
+}
+
+STEM_STRIDE = 4
+STAGE_WIDTHS = (64, 128, 256, 512)
+MAX_EXTRA_BLOCKS = 3
+
+
+def _conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(in_planes, out_planes, kernel_size=3, stride=stride, padding=1, bias=False)
+
+
+def _conv1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(in_planes, out_planes, kernel_size=1, stride=stride, bias=False)
+
+
+def _set_conv_geometry(conv: nn.Conv2d, stride: int, dilation: int) -> None:
+    """Set stride/dilation of an existing conv in place; odd kernels get 'same' padding dilation*(k-1)//2."""
+    conv.stride = (stride, stride)
+    conv.dilation = (dilation, dilation)
+    pad = dilation * (conv.kernel_size[0] - 1) // 2
+    conv.padding = (pad, pad)
+
+
+class BasicBlock(nn.Module):
+    """ResNet-18/34 unit: two 3x3 convs (the first strides), identity or 1x1-conv shortcut."""
+
+    expansion = 1
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None):
+        super().__init__()
+        self.conv1 = _conv3x3(inplanes, planes, stride)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = _conv3x3(planes, planes)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample = downsample
+
+    def set_geometry(self, stride: int, dilation: int) -> None:
+        """Stride on conv1 (and the shortcut); both 3x3 convs get ``dilation``."""
+        _set_conv_geometry(self.conv1, stride, dilation)
+        _set_conv_geometry(self.conv2, 1, dilation)
+        if self.downsample is not None:
+            _set_conv_geometry(self.downsample[0], stride, 1)
+
+    def dilations(self) -> tuple[int, ...]:
+        return (self.conv1.dilation[0], self.conv2.dilation[0])
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + identity)
+
+
+class Bottleneck(nn.Module):
+    """ResNet-50+ unit: 1x1 reduce, 3x3 (strides: "v1.5"), 1x1 expand (x4), identity or 1x1-conv shortcut."""
+
+    expansion = 4
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None):
+        super().__init__()
+        self.conv1 = _conv1x1(inplanes, planes)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = _conv3x3(planes, planes, stride)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = _conv1x1(planes, planes * self.expansion)
+        self.bn3 = nn.BatchNorm2d(planes * self.expansion)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+
+    def set_geometry(self, stride: int, dilation: int) -> None:
+        """Stride and ``dilation`` on the 3x3 conv; the shortcut conv gets the stride."""
+        _set_conv_geometry(self.conv2, stride, dilation)
+        if self.downsample is not None:
+            _set_conv_geometry(self.downsample[0], stride, 1)
+
+    def dilations(self) -> tuple[int, ...]:
+        return (self.conv2.dilation[0],)
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + identity)
+
+
+Block = type[BasicBlock] | type[Bottleneck]
+
+ARCHITECTURES: dict[int, tuple[Block, tuple[int, int, int, int]]] = {
+    18: (BasicBlock, (2, 2, 2, 2)),
+    34: (BasicBlock, (3, 4, 6, 3)),
+    50: (Bottleneck, (3, 4, 6, 3)),
+    101: (Bottleneck, (3, 4, 23, 3)),
+    152: (Bottleneck, (3, 8, 36, 3)),
+}
+
+
+def _make_stage(block: Block, inplanes: int, planes: int, units: int, stride: int) -> nn.Sequential:
+    """torchvision's ``_make_layer``: the first unit strides and gets a 1x1-conv+BN shortcut when needed."""
+    downsample = None
+    if stride != 1 or inplanes != planes * block.expansion:
+        downsample = nn.Sequential(
+            _conv1x1(inplanes, planes * block.expansion, stride), nn.BatchNorm2d(planes * block.expansion)
+        )
+    layers = [block(inplanes, planes, stride, downsample)]
+    layers += [block(planes * block.expansion, planes) for _ in range(units - 1)]
+    return nn.Sequential(*layers)
+
+
+def _stage_plan(output_stride: int, num_stages: int) -> list[tuple[int, int]]:
+    """(stride, rate) per stage, Sec. 3.1: stride while below ``output_stride``, then dilate instead."""
+    plan = []
+    running_stride, rate = STEM_STRIDE, 1
+    for index in range(num_stages):
+        nominal = 1 if index == 0 else 2
+        if running_stride >= output_stride:
+            rate *= nominal
+            plan.append((1, rate))
+        else:
+            running_stride *= nominal
+            plan.append((nominal, rate))
+    return plan
+
+
+class ResNet(nn.Module):
+    """Dilated ResNet trunk; ``forward`` returns {"layer1", ..., "layerN", "out"} feature maps.
+
+    Attributes: ``feature_channels`` (channels of each feature name ``forward`` returns), ``out_channels``
+    (channels of the last stage), ``aux_channels`` (channels of layer3), ``output_stride`` (current),
+    ``stage_names`` ("layer1".. "layer{4+extra_blocks}"), ``multi_grid``; :meth:`feature_strides`.
+    """
+
+    def __init__(
+        self,
+        depth: int = 50,
+        output_stride: int = 16,
+        multi_grid: list[int] | None = None,
+        extra_blocks: int = 0,
+        pretrained: str | None = None,
+        frozen_bn: bool = False,
+        in_channels: int = 3,
+        unit_wrappers: Mapping[str, Callable[..., nn.Module]] | None = None,
+    ) -> None:
+        super().__init__()
+        if depth not in ARCHITECTURES:
+            raise ValueError(f"ResNet depth must be one of {sorted(ARCHITECTURES)}, got {depth}")
+        if not 0 <= extra_blocks <= MAX_EXTRA_BLOCKS:
+            raise ValueError(f"extra_blocks must be in 0..{MAX_EXTRA_BLOCKS}, got {extra_blocks}")
+        block, units = ARCHITECTURES[depth]
+        self.depth = depth
+        self.extra_blocks = extra_blocks
+        self.multi_grid = _check_multi_grid(multi_grid, units[3])
+        self.frozen_bn = frozen_bn
+
+        self.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        self.stage_names = self._build_stages(block, units)
+        self.units_per_stage = tuple(len(getattr(self, name)) for name in self.stage_names)
+        self.out_channels = STAGE_WIDTHS[3] * block.expansion
+        self.aux_channels = STAGE_WIDTHS[2] * block.expansion
+        widths = [*STAGE_WIDTHS, *[STAGE_WIDTHS[3]] * extra_blocks]
+        self.feature_channels: dict[str, int] = {
+            **{name: width * block.expansion for name, width in zip(self.stage_names, widths)},
+            "out": self.out_channels,
+        }
+        self.output_stride = 0
+        self.set_output_stride(output_stride)
+        _init_weights(self)
+
+        if pretrained is not None:
+            load_pretrained(self, pretrained)
+        if frozen_bn:
+            freeze_batchnorm(self)
+        for name, make_wrapper in (unit_wrappers or {}).items():
+            self.wrap_unit(name, make_wrapper)
+
+    def unit(self, name: str) -> nn.Module:
+        """The residual unit (or its wrapper) called ``name`` in either naming (:mod:`.unit_names`)."""
+        stage, index = resolve_unit(name, self.depth, self.units_per_stage)
+        return getattr(self, f"layer{stage}")[index]
+
+    def wrap_unit(self, name: str, make_wrapper: Callable[..., nn.Module]) -> nn.Module:
+        """Replace unit ``name`` by ``make_wrapper(unit=<the unit>)``, e.g. a pyramid residual block or dropout
+        in its branch (``backbone.unit_wrappers: {res5c: {_target_: ..., _partial_: true}}``).
+
+        The wrapper keeps the unit as its ``unit`` attribute: the output stride keeps reaching the unit's
+        convolutions through it. Wrapping happens after the ImageNet weights are loaded, so a wrapper's own
+        parameters start from its own initialisation.
+        """
+        stage, index = resolve_unit(name, self.depth, self.units_per_stage)
+        layer: nn.Sequential = getattr(self, f"layer{stage}")
+        if not callable(make_wrapper) or isinstance(make_wrapper, nn.Module):
+            raise ValueError(f"backbone.unit_wrappers.{name}: expected a wrapper factory (a config with "
+                             f"_target_ and _partial_: true), got {type(make_wrapper).__name__}")
+        wrapper = make_wrapper(unit=layer[index])
+        if getattr(wrapper, "unit", None) is not layer[index]:
+            raise ValueError(f"backbone.unit_wrappers.{name}: {type(wrapper).__name__} must keep the wrapped unit "
+                             "as its `unit` attribute (so the output stride can still be changed)")
+        layer[index] = wrapper
+        return wrapper
+
+    def _build_stages(self, block: Block, units: tuple[int, int, int, int]) -> list[str]:
+        names = []
+        inplanes = 64
+        widths = list(STAGE_WIDTHS) + [STAGE_WIDTHS[3]] * self.extra_blocks
+        counts = list(units) + [units[3]] * self.extra_blocks
+        for index, (planes, count) in enumerate(zip(widths, counts)):
+            name = f"layer{index + 1}"
+            stride = 1 if index == 0 else 2
+            self.add_module(name, _make_stage(block, inplanes, planes, count, stride))
+            inplanes = planes * block.expansion
+            names.append(name)
+        return names
+
+    @property
+    def nominal_output_stride(self) -> int:
+        """Output stride without any atrous convolution: 32 * 2**extra_blocks."""
+        return 32 * 2**self.extra_blocks
+
+    def set_output_stride(self, output_stride: int) -> None:
+        """Re-configure strides, dilations and paddings in place (weights untouched), Sec. 3.1 / 3.2.1."""
+        nominal = self.nominal_output_stride
+        valid = output_stride >= STEM_STRIDE and output_stride <= nominal
+        if not valid or output_stride & (output_stride - 1):
+            raise ValueError(
+                f"output_stride must be a power of two between {STEM_STRIDE} and {nominal} "
+                f"(for {self.extra_blocks} extra blocks), got {output_stride}"
+            )
+        plan = _stage_plan(output_stride, len(self.stage_names))
+        for index, (name, (stride, rate)) in enumerate(zip(self.stage_names, plan)):
+            stage: nn.Sequential = getattr(self, name)
+            unit_rates = self.multi_grid if index >= 3 else (1,) * len(stage)
+            for unit_index, unit in enumerate(stage):
+                inner = getattr(unit, "unit", unit)  # a wrapped unit (see wrap_unit)
+                inner.set_geometry(stride if unit_index == 0 else 1, rate * unit_rates[unit_index])
+        self.output_stride = output_stride
+
+    def feature_strides(self) -> dict[str, int]:
+        """Stride (input pixels per feature pixel) of each feature name at the current output stride."""
+        strides, stride = {}, STEM_STRIDE
+        for name, (stage_stride, _) in zip(self.stage_names, _stage_plan(self.output_stride, len(self.stage_names))):
+            stride *= stage_stride
+            strides[name] = stride
+        return {**strides, "out": strides[self.stage_names[-1]]}
+
+    def stage_dilations(self, name: str) -> list[tuple[int, ...]]:
+        """Dilations of the 3x3 convs of each unit in stage ``name`` (for inspection and tests)."""
+        return [getattr(unit, "unit", unit).dilations() for unit in getattr(self, name)]
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        features: dict[str, Tensor] = {}
+        for name in self.stage_names:
+            x = getattr(self, name)(x)
+            features[name] = x
+        features["out"] = x
+        return features
+
+
+def _check_multi_grid(multi_grid: Sequence[int] | None, expected_length: int) -> tuple[int, ...]:
+    if multi_grid is None:
+        return (1,) * expected_length
+    values = tuple(multi_grid)
+    if len(values) != expected_length:
+        raise ValueError(
+            f"multi_grid={list(values)} has length {len(values)}, expected {expected_length} "
+            "(one unit rate per unit of layer4)"
+        )
+    if any(int(v) != v or v < 1 for v in values):
+        raise ValueError(f"multi_grid={list(values)} must hold positive integers")
+    return tuple(int(v) for v in values)
+
+
+def _init_weights(model: nn.Module) -> None:
+    """He (fan-out) init for convs, BN weight 1 / bias 0 -- torchvision's init; pretrained weights override."""
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(module, nn.BatchNorm2d):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+
+def _is_extra_layer_key(key: str) -> bool:
+    stage = key.split(".", 1)[0]
+    return stage.startswith("layer") and stage[5:].isdigit() and int(stage[5:]) >= 5
+
+
+def _summary(keys: Sequence[str], limit: int = 20) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown if len(keys) <= limit else f"{shown}, ... ({len(keys)} in all)"
+
+
+def _read_state_dict(path: str | os.PathLike[str]) -> Mapping[str, Tensor]:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"pretrained weights file not found: {os.fspath(path)}")
+    loaded = torch.load(path, map_location="cpu", weights_only=True)
+    for wrapper in ("state_dict", "model"):
+        if isinstance(loaded, Mapping) and isinstance(loaded.get(wrapper), Mapping):
+            loaded = loaded[wrapper]
+    if not isinstance(loaded, Mapping):
+        raise ValueError(f"{os.fspath(path)} does not hold a state dict (got {type(loaded).__name__})")
+    return loaded
+
+
+def load_pretrained(model: ResNet, path: str | os.PathLike[str]) -> None:
+    """Load a torchvision-format ImageNet ResNet state dict from ``path`` into ``model`` (strictly checked).
+
+    ``fc.*`` keys are dropped. Every other checkpoint key must exist in the model with the same shape, and
+    every model key must be in the checkpoint, except the randomly initialised extra blocks (layer5+) and
+    ``num_batches_tracked`` counters (absent from old torchvision files; absent from frozen BN). Raises
+    FileNotFoundError for a missing file and ValueError naming the offending keys and the file otherwise.
+    """
+    where = os.fspath(path)
+    checkpoint = {k: v for k, v in _read_state_dict(path).items() if not k.startswith("fc.")}
+    own = model.state_dict()
+    unexpected = [k for k in checkpoint if k not in own and not k.endswith("num_batches_tracked")]
+    if unexpected:
+        raise ValueError(f"unexpected keys in pretrained weights {where}: {_summary(unexpected)}")
+    for key, value in checkpoint.items():
+        if key in own and tuple(value.shape) != tuple(own[key].shape):
+            raise ValueError(
+                f"shape mismatch for {key} in pretrained weights {where}: checkpoint "
+                f"{tuple(value.shape)} vs model {tuple(own[key].shape)}"
+            )
+    missing = [
+        k for k in own if k not in checkpoint and not _is_extra_layer_key(k) and not k.endswith("num_batches_tracked")
+    ]
+    if missing:
+        raise ValueError(f"pretrained weights {where} lack keys: {_summary(missing)}")
+    model.load_state_dict({k: v for k, v in checkpoint.items() if k in own}, strict=False)

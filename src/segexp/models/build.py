@@ -1,0 +1,165 @@
+"""Build the segmentor a config describes: backbone, head, optional auxiliary head, fusion, loss weights.
+
+The config groups map one-to-one onto constructor calls (Hydra ``instantiate``): ``backbone``, ``head``,
+``aux_head`` and ``fusion``. The values that depend on another part -- a head's input channels (from the
+backbone's description of the features it reads), the number of classes, the backbone's output stride --
+are passed here, never repeated in YAML. The ``model`` node (:class:`ModelOptions`) says how the parts
+are put together and trained.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from segexp.config import ConfigError
+from segexp.models.backbones.frozen_bn import freeze_batchnorm
+from segexp.models.segmentor import Segmentor
+from segexp.training.checkpoints import checkpoint_model_weights, state_dict_mismatches
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ModelOptions:
+    """The ``model`` config node: how backbone and head are put together and trained."""
+
+    head_loss_weight: float = 1.0
+    scales: list[float] = field(default_factory=lambda: [1.0])
+    scale_loss_weights: float | list[float] = 1.0
+    align_corners: bool = False
+    bn_momentum: float | None = None
+    downsample_labels: bool = False
+    eval_output_stride: int | None = None
+    init_from: str | None = None
+    freeze_bn: bool = False
+    channels_last: bool | None = None
+    compile: bool = False
+
+
+BUILDER_KEYS = {"aux_head": ("loss_weight",)}
+"""Keys of a component's node that the builder reads itself (not constructor arguments)."""
+
+
+def model_options(cfg: DictConfig) -> ModelOptions:
+    return ModelOptions(**OmegaConf.to_container(cfg.get("model") or {}, resolve=True))
+
+
+def build_segmentor(cfg: DictConfig, num_classes: int) -> Segmentor:
+    """Backbone from ``cfg.backbone``; head (and ``cfg.aux_head``) sized to it and built at its output stride
+    (ASPP rates scaled, see :mod:`segexp.models.heads.aspp`); ``cfg.fusion`` for several ``model.scales``; the loss
+    weight of every output."""
+    options = model_options(cfg)
+    backbone = instantiate(cfg.backbone)
+    head = build_head(cfg.head, "head", backbone, num_classes)
+    aux_head, aux_weight = None, 0.0
+    if cfg.get("aux_head") is not None:
+        aux_weight = aux_loss_weight(cfg.aux_head)
+        aux_head = build_head(cfg.aux_head, "aux_head", backbone, num_classes)
+    try:
+        model = Segmentor(backbone, head, aux_head, align_corners=options.align_corners, scales=options.scales,
+                          fusion=build_fusion(cfg, options.scales), head_loss_weight=options.head_loss_weight,
+                          aux_loss_weight=aux_weight, scale_loss_weights=options.scale_loss_weights)
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
+    if options.eval_output_stride is not None:
+        check_output_stride(model, options.eval_output_stride, "model.eval_output_stride")
+    if options.init_from is not None:
+        load_model_weights(model, options.init_from)
+    if options.freeze_bn:
+        freeze_batchnorm(model)
+    if options.bn_momentum is not None:
+        set_bn_momentum(model, options.bn_momentum)
+    return model
+
+
+def build_head(node: DictConfig, key: str, backbone: nn.Module, num_classes: int) -> nn.Module:
+    """The head at config key ``key``: input channels from the backbone's description of the features it reads
+    (``in_keys``), the number of classes and the backbone's output stride are passed, never written in YAML;
+    the keys the builder reads itself (:data:`BUILDER_KEYS`) are left out."""
+    output_stride = int(backbone.output_stride)
+    if BUILDER_KEYS.get(key):
+        params = OmegaConf.to_container(node, resolve=True)
+        node = OmegaConf.create({k: v for k, v in params.items() if k not in BUILDER_KEYS[key]})
+    try:
+        return instantiate(node, in_channels=input_channels(backbone, node.get("in_keys"), key),
+                           num_classes=num_classes, output_stride=output_stride)
+    except ValueError as err:
+        if isinstance(err, ConfigError):
+            raise
+        raise ConfigError(f"{key} at backbone.output_stride={output_stride}: {err}") from err
+
+
+def aux_loss_weight(node: DictConfig) -> float:
+    """``aux_head.loss_weight``: a number >= 0 (the auxiliary output's weight in the training loss)."""
+    weight = node.get("loss_weight", None)
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
+        raise ConfigError(f"aux_head.loss_weight={weight!r}: give the auxiliary loss's weight, a number >= 0 "
+                          "(e.g. 0.4)")
+    return float(weight)
+
+
+def build_fusion(cfg: DictConfig, scales: Sequence[float]) -> nn.Module | None:
+    """``cfg.fusion`` when the model runs several input scales. With one scale there is nothing to fuse: a
+    fusion chosen anyway (e.g. in a table's base, with a row setting ``model.scales=[1.0]``) is not built, so
+    that no unused parameters reach the optimizer or DDP."""
+    if cfg.get("fusion") is None:
+        return None
+    if len(scales) < 2:
+        log.info("fusion=%s unused: model.scales=%s has one scale", cfg.fusion.get("_target_"), list(scales))
+        return None
+    return instantiate(cfg.fusion)
+
+
+def input_channels(backbone: nn.Module, in_keys: Sequence[str] | None, key: str = "head") -> int | list[int]:
+    """A head's input channels from the backbone's description (``feature_channels``) of the features it
+    reads: an int for one key (default ``"out"``), else a list in ``in_keys`` order. Unknown names fail
+    with the list of the backbone's features."""
+    keys = list(in_keys) if in_keys else ["out"]
+    known = backbone.feature_channels
+    unknown = [key for key in keys if key not in known]
+    if unknown:
+        raise ConfigError(f"{key}.in_keys={keys}: the backbone has no feature {', '.join(map(repr, unknown))}; "
+                          f"its features are {', '.join(known)}")
+    channels = [int(known[key]) for key in keys]
+    return channels[0] if len(channels) == 1 else channels
+
+
+def check_output_stride(model: Segmentor, output_stride: int, key: str) -> None:
+    """Fail before any work when some part cannot run at ``output_stride`` (the error names ``key``); the
+    model is left at the output stride it was built at."""
+    built = model.output_stride
+    try:
+        model.set_output_stride(output_stride)
+    except ValueError as err:
+        raise ConfigError(f"{key}={output_stride}: the model built at output stride {built} cannot run "
+                          f"there: {err}") from err
+    finally:
+        model.set_output_stride(built)
+
+
+def load_model_weights(model: Segmentor, path: str) -> None:
+    """Initialise ``model`` from a segexp-train checkpoint's weights (``model.init_from``), strictly.
+
+    DeepLabv3 Sec. 4.3 ("Test set result"): the second training stage starts from the first stage's
+    weights only -- the optimizer state, step counter and LR schedule start afresh. Every parameter and
+    buffer of the Lightning module's ``model.`` entries must match ``model`` by name and shape.
+    """
+    weights = checkpoint_model_weights(path)
+    own = model.state_dict()
+    problems = state_dict_mismatches(own, weights)
+    if problems:
+        raise ConfigError(f"model.init_from={path}: the checkpoint's weights do not fit this model: {problems}")
+    model.load_state_dict(weights, strict=True)
+
+
+def set_bn_momentum(model: nn.Module, momentum: float) -> None:
+    """Torch's BN ``momentum`` is 1 - the TF "decay" (DeepLabv3's decay 0.9997 -> 0.0003)."""
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.momentum = momentum

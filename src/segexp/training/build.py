@@ -1,0 +1,50 @@
+"""Turn a composed config into the objects of a run: data module and Lightning module (with its segmentor).
+
+``dataset`` (+ the ``data`` loader settings) builds the data module; the segmentor comes from
+:func:`segexp.models.build.build_segmentor`; ``loss``, ``schedule`` and ``inference`` are instantiated as
+they are. :func:`validate` checks the whole config against the typed constructors first.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from segexp.config import validate_config
+from segexp.data.datamodule import SegmentationDataModule
+from segexp.models.build import BUILDER_KEYS, ModelOptions, build_segmentor, model_options
+from segexp.training.module import SegmentationModule
+
+
+def validate(cfg: DictConfig) -> None:
+    """Fail before training on unknown keys or wrongly typed values (see :mod:`segexp.config`)."""
+    validate_config(cfg, {"data": SegmentationDataModule, "model": ModelOptions}, builder_keys=BUILDER_KEYS)
+
+
+def build_datamodule(cfg: DictConfig) -> SegmentationDataModule:
+    dataset = instantiate(cfg.dataset, _partial_=True)
+    data = OmegaConf.to_container(cfg.get("data") or {}, resolve=True)
+    return SegmentationDataModule(dataset=dataset, seed=int(cfg.get("seed", 0)), **data)
+
+
+def build_module(cfg: DictConfig, datamodule: SegmentationDataModule) -> SegmentationModule:
+    options = model_options(cfg)
+    return SegmentationModule(
+        model=build_segmentor(cfg, datamodule.num_classes),
+        loss=instantiate(cfg.loss),
+        schedule=instantiate(cfg.schedule),
+        class_names=datamodule.class_names,
+        downsample_labels=options.downsample_labels,
+        eval_output_stride=options.eval_output_stride,
+        channels_last=options.channels_last,
+        compile_model=options.compile,
+        inference=instantiate(cfg.inference) if cfg.get("inference") else None,
+        config=plain_config(cfg),
+    )
+
+
+def plain_config(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved config as plain containers (what checkpoints and metrics.json store)."""
+    return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)  # type: ignore[return-value]

@@ -1,0 +1,172 @@
+"""Callbacks: the latest-state checkpoint, validation examples for the dashboards and submission PNGs for the
+evaluation servers."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
+from pytorch_lightning.trainer.states import TrainerFn
+from torch import Tensor
+
+from segexp.data.datasets.base import IGNORE_INDEX, SegmentationDataset
+from segexp.data.submission import save_png_atomic, submission_name, submission_png
+
+
+class LastCheckpoint(pl.Callback):
+    """``<dirpath>/last.ckpt`` is always the latest training state: written after every validation during
+    fitting and once more when training ends, whatever the validation metric did.
+
+    (Lightning's ``ModelCheckpoint(save_last=True)`` writes ``last.ckpt`` only when it also writes a top-k
+    checkpoint, so with ``monitor`` set it lags behind whenever the metric did not improve.) The file is
+    written beside itself as ``last.ckpt.tmp`` and renamed over the old one, so an interrupted write never
+    replaces a good checkpoint with a torn one.
+    """
+
+    FILENAME = "last.ckpt"
+
+    def __init__(self, dirpath: str | Path) -> None:
+        self.dirpath = Path(dirpath)
+        self.saved_step: int | None = None
+
+    @property
+    def path(self) -> Path:
+        return self.dirpath / self.FILENAME
+
+    def save(self, trainer: pl.Trainer) -> None:
+        """Write the trainer's full state (weights, optimizer, loops, callbacks) to ``last.ckpt``."""
+        if self.saved_step == trainer.global_step:
+            return
+        tmp = self.path.with_name(self.FILENAME + ".tmp")
+        trainer.save_checkpoint(tmp)  # every rank takes part; rank 0 writes
+        if trainer.is_global_zero:
+            os.replace(tmp, self.path)
+        trainer.strategy.barrier("LastCheckpoint.save")
+        self.saved_step = trainer.global_step
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking:
+            self.save(trainer)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.save(trainer)
+
+
+class ValidationExamples(pl.Callback):
+    """Logs the first ``num_images`` validation images with predicted and true masks.
+
+    wandb gets interactive mask overlays (``wandb.Image(masks=...)``); TensorBoard gets a
+    side-by-side image | prediction overlay | label overlay strip. Other loggers are skipped.
+    """
+
+    def __init__(self, num_images: int = 4) -> None:
+        self.num_images = num_images
+
+    def on_validation_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+        batch_idx: int, dataloader_idx: int = 0,
+    ) -> None:
+        if batch_idx != 0 or trainer.sanity_checking or not trainer.is_global_zero or outputs is None:
+            return
+        datamodule = trainer.datamodule
+        images = _denormalize(batch["image"][: self.num_images], datamodule.mean, datamodule.std)
+        preds = outputs[: self.num_images].argmax(dim=1).cpu().numpy().astype(np.uint8)
+        labels = batch["label"][: self.num_images].cpu().numpy()
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                _log_wandb(logger, images, preds, labels, datamodule.class_names, trainer.global_step)
+            elif isinstance(logger, TensorBoardLogger):
+                strips = [_overlay_strip(i, p, m, datamodule.palette) for i, p, m in zip(images, preds, labels)]
+                logger.experiment.add_images(
+                    "val/examples", np.stack(strips), trainer.global_step, dataformats="NHWC"
+                )
+
+
+def _denormalize(images: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
+    m = torch.tensor(mean, device=images.device).view(1, 3, 1, 1)
+    s = torch.tensor(std, device=images.device).view(1, 3, 1, 1)
+    pixels = ((images * s + m).clamp(0, 1) * 255).round().byte()
+    return pixels.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def _colorize(mask: np.ndarray, palette: tuple[tuple[int, int, int], ...]) -> np.ndarray:
+    lut = np.zeros((256, 3), dtype=np.uint8)
+    lut[: len(palette)] = np.asarray(palette, dtype=np.uint8)
+    return lut[mask.astype(np.uint8)]
+
+
+def _overlay_strip(
+    image: np.ndarray, pred: np.ndarray, label: np.ndarray, palette: tuple[tuple[int, int, int], ...]
+) -> np.ndarray:
+    def overlay(mask: np.ndarray) -> np.ndarray:
+        mixed = (0.5 * image + 0.5 * _colorize(mask, palette)).astype(np.uint8)
+        mixed[mask == IGNORE_INDEX] = image[mask == IGNORE_INDEX]
+        return mixed
+
+    return np.concatenate([image, overlay(pred), overlay(label)], axis=1)
+
+
+def _log_wandb(
+    logger: WandbLogger, images: np.ndarray, preds: np.ndarray, labels: np.ndarray,
+    class_names: tuple[str, ...], step: int,
+) -> None:
+    class_labels = {i: name for i, name in enumerate(class_names)} | {IGNORE_INDEX: "ignore"}
+    masks = [
+        {
+            "prediction": {"mask_data": p, "class_labels": class_labels},
+            "ground_truth": {"mask_data": lab.astype(np.uint8), "class_labels": class_labels},
+        }
+        for p, lab in zip(preds, labels)
+    ]
+    logger.log_image(key="val/examples", images=list(images), step=step, masks=masks)
+
+
+class SavePredictions(pl.Callback):
+    """Writes every evaluated image's prediction as a server-format PNG into ``out_dir``.
+
+    Used by ``segexp-eval ... save_predictions=true`` (DeepLabv3 Tables 7 and 13; formats in
+    :mod:`segexp.data.submission`). The module's ``validation_step`` / ``test_step`` return the full-resolution
+    scores, whose argmax is cropped to the sample's label size (the original resolution); the file name
+    comes from the image path of the sample (``dataset.samples[index][0]``).
+    """
+
+    def __init__(self, out_dir: str | Path) -> None:
+        self.out_dir = Path(out_dir)
+        self.written = 0
+
+    def on_validation_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+        batch_idx: int, dataloader_idx: int = 0,
+    ) -> None:
+        if not trainer.sanity_checking:
+            self.save_batch(_loader_dataset(trainer.val_dataloaders, dataloader_idx), outputs, batch)
+
+    def on_test_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+        batch_idx: int, dataloader_idx: int = 0,
+    ) -> None:
+        self.save_batch(_loader_dataset(trainer.test_dataloaders, dataloader_idx), outputs, batch)
+
+    def save_batch(self, dataset: SegmentationDataset, scores: Tensor, batch: dict[str, Tensor]) -> None:
+        """One PNG per sample of ``batch`` from its ``(B, C, H, W)`` scores."""
+        if not isinstance(scores, Tensor) or scores.ndim != 4:
+            raise TypeError("SavePredictions needs the eval step to return (B, C, H, W) scores")
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        predictions = scores.argmax(dim=1).cpu().numpy()
+        for k, index in enumerate(batch["index"].tolist()):
+            height, width = batch["label"][k].shape[-2:]
+            prediction = predictions[k, :height, :width]
+            image_path = dataset.samples[index][0] if dataset.samples else None
+            png = submission_png(prediction, type(dataset))
+            save_png_atomic(png, self.out_dir / submission_name(image_path, index))
+            self.written += 1
+
+
+def _loader_dataset(loaders: Any, dataloader_idx: int) -> SegmentationDataset:
+    loader = loaders[dataloader_idx] if isinstance(loaders, (list, tuple)) else loaders
+    return loader.dataset

@@ -1,0 +1,217 @@
+"""Shared run plumbing for segexp-train and segexp-eval: loggers, trainer, metrics.json."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import traceback
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.loggers import Logger, WandbLogger
+
+from segexp.config import REPO_ROOT
+from segexp.tables.store import ERROR_FILE
+
+
+def hydra_job_names(output_dir: Path) -> tuple[str | None, str]:
+    """(group, name) for dashboards: in a multirun the sweep folder and the job's overrides."""
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        hc = HydraConfig.get()
+        return Path(hc.sweep.dir).name, hc.job.override_dirname or f"job{hc.job.num}"
+    return None, output_dir.name
+
+
+def build_loggers(cfg: DictConfig, output_dir: Path) -> list[Logger]:
+    """The ``logger`` node (one logger, or null) with per-job group/name for wandb. The resolved config is
+    logged as the run's hyper-parameters (wandb's config, TensorBoard's hparams, the CSV logger's
+    hparams.yaml), so the runs of a sweep can be grouped and filtered by their settings."""
+    node = cfg.get("logger")
+    if node is None:
+        return []
+    kwargs: dict[str, Any] = {}
+    if str(node.get("_target_", "")).endswith("WandbLogger"):
+        group, name = hydra_job_names(output_dir)
+        kwargs = {"group": node.get("group") or group, "name": node.get("name") or name}
+        (output_dir / "wandb").mkdir(parents=True, exist_ok=True)
+    logger = instantiate(node, **kwargs)
+    logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False))
+    return [logger]
+
+
+def finish_loggers(loggers: Sequence[Logger], failed: bool) -> None:
+    """Close each logger's run, marking wandb runs of crashed jobs as failed."""
+    for logger in loggers:
+        if isinstance(logger, WandbLogger):
+            import wandb
+
+            if wandb.run is not None:
+                wandb.finish(exit_code=1 if failed else 0)
+        else:
+            logger.finalize("failed" if failed else "success")
+
+
+def effective_sync_batchnorm(cfg: DictConfig) -> bool:
+    """SyncBN only where it can work: DDP over several CUDA devices; otherwise one warning."""
+    t = cfg.trainer
+    wanted = bool(t.get("sync_batchnorm", False))
+    if not wanted:
+        return False
+    accelerator = str(t.get("accelerator", "auto"))
+    on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    devices = t.get("devices", 1)
+    n_devices = torch.cuda.device_count() if devices in (-1, "auto") else _count_devices(devices)
+    if on_gpu and torch.cuda.is_available() and n_devices * int(t.get("num_nodes", 1)) > 1:
+        return True
+    warnings.warn(
+        "trainer.sync_batchnorm=true ignored: SyncBatchNorm needs DDP over several CUDA devices "
+        f"(accelerator={accelerator}, devices={devices}); using plain BatchNorm.",
+        stacklevel=2,
+    )
+    return False
+
+
+def _count_devices(devices: Any) -> int:
+    """Lightning's ``devices``: a count, a list of ids, or a comma-separated string of ids."""
+    if isinstance(devices, str):
+        return len([d for d in devices.split(",") if d.strip()])
+    if hasattr(devices, "__len__"):  # list, tuple or ListConfig of device ids
+        return len(devices)
+    return int(devices)
+
+
+def export_submitit_local_ranks() -> None:
+    """In a submitit_local job of several tasks, make each task one DDP rank: export its torch.distributed
+    variables (MASTER_ADDR/PORT, RANK, WORLD_SIZE, LOCAL_RANK) so that Lightning sees processes created
+    externally (``LOCAL_RANK`` set) instead of re-running the command line to start its workers. Call it
+    before the loggers and the trainer are built. Under SLURM (submitit_slurm) nothing is needed: Lightning's
+    SLURMEnvironment reads SLURM's task variables."""
+    if os.environ.get("SUBMITIT_EXECUTOR") != "local" or int(os.environ.get("SUBMITIT_LOCAL_NTASKS", "1")) < 2:
+        return
+    from pytorch_lightning.utilities.rank_zero import rank_zero_only
+    from submitit.helpers import TorchDistributedEnvironment
+
+    ranks = TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
+    rank_zero_only.rank = ranks.rank  # read from the environment when Lightning was imported, before the export
+
+
+def build_trainer(
+    cfg: DictConfig, output_dir: Path, loggers: list[Logger], callbacks: list[pl.Callback]
+) -> pl.Trainer:
+    return instantiate(
+        cfg.trainer,
+        log_every_n_steps=log_interval(cfg),
+        default_root_dir=str(output_dir),
+        logger=loggers or False,
+        callbacks=callbacks,
+        sync_batchnorm=effective_sync_batchnorm(cfg),
+    )
+
+
+def log_interval(cfg: DictConfig) -> int:
+    """``trainer.log_every_n_steps``, but never above ``max_steps``: a short run still logs its training loss."""
+    interval = int(cfg.trainer.get("log_every_n_steps") or 50)
+    max_steps = cfg.trainer.get("max_steps")
+    return max(1, min(interval, int(max_steps))) if max_steps and int(max_steps) > 0 else interval
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def protocol_facts(trainer: pl.Trainer, batch_size: int) -> dict[str, Any]:
+    """What the result depends on beyond the config: devices, effective batch, precision, commit."""
+    return {
+        "world_size": trainer.world_size,
+        "per_device_batch": batch_size,
+        "effective_batch": batch_size * trainer.world_size * trainer.accumulate_grad_batches,
+        "precision": str(trainer.precision),
+        "device": _device_name(trainer),
+        "git_commit": git_commit(),
+    }
+
+
+def metrics_payload(
+    module: Any, trainer: pl.Trainer, batch_size: int, wall_s: float, output_dir: Path
+) -> dict[str, Any]:
+    """The metrics.json contract: final metrics (``mIoU`` is the final validation's, at ``mIoU_step``; the best
+    one and its step beside it), model size, steps, time and protocol facts."""
+    return {
+        **module.last_metrics,
+        "mIoU_step": module.last_val_step,
+        "best_mIoU": module.best_miou,
+        "best_step": module.best_step,
+        "num_params": sum(p.numel() for p in module.model.parameters()),
+        "steps": trainer.global_step,
+        "wall_s": round(wall_s, 2),
+        **protocol_facts(trainer, batch_size),
+        "run_dir": str(output_dir),
+    }
+
+
+def _device_name(trainer: pl.Trainer) -> str:
+    root = trainer.strategy.root_device
+    if root.type == "cuda":
+        return torch.cuda.get_device_name(root)
+    return root.type
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with every non-finite float (NaN, +-inf) in it, at any depth, replaced by None (JSON null)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(item) for item in value]
+    return value
+
+
+def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
+    """Write JSON through a temporary file so a crash never leaves a truncated file behind.
+
+    Non-finite floats (e.g. the NaN mIoU of a split without labelled pixels) are written as null: the
+    file stays valid JSON, which has no NaN token.
+    """
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(json_safe(payload), indent=2, sort_keys=False, allow_nan=False) + "\n")
+    os.replace(tmp, path)
+
+
+@contextmanager
+def failure_record(output_dir: Path, step: Callable[[], int] = lambda: 0) -> Iterator[None]:
+    """Any exception inside -- a bad config, a missing dataset, a crash or interrupt while training --
+    leaves ``<output_dir>/error.json`` (error, step, traceback) and propagates; a stale one is removed first.
+    A table runner reads why a job failed from this file."""
+    (output_dir / ERROR_FILE).unlink(missing_ok=True)
+    try:
+        yield
+    except BaseException as err:
+        write_json_atomic(output_dir / ERROR_FILE, {
+            "error": f"{type(err).__name__}: {err}", "step": step(), "traceback": traceback.format_exc(),
+        })
+        raise
+
+
+def output_dir_of(cfg: DictConfig) -> Path:
+    """``cfg.output_dir`` (the Hydra run dir by default), created if needed."""
+    path = Path(str(cfg.output_dir)).resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
