@@ -225,3 +225,34 @@ def test_checkpoints_written_before_the_aux_head_group_and_package_layout_still_
     assert model.loss_weights == {"out": 1.0, "aux": 0.4}
     stored["model"]["aux_weight"] = 0.0
     assert build_segmentor(OmegaConf.create(upgrade_stored_config(stored)), num_classes=6).aux_head is None
+
+
+class ScaleWeights(nn.Module):
+    """A learned fusion (one softmax weight per scale), standing in for attention to scale: a new fusion is one
+    module selected from the config, with no core edit."""
+
+    def __init__(self, num_scales: int = 2) -> None:
+        super().__init__()
+        self.logit_weights = nn.Parameter(torch.zeros(num_scales))
+
+    def forward(self, logits, features) -> Tensor:
+        assert len(features) == len(logits) and "out" in features[0]  # each scale's backbone features
+        weights = self.logit_weights.softmax(0)
+        return sum(w * x for w, x in zip(weights, logits))
+
+
+def test_a_new_fusion_plugs_in_from_the_config_and_is_trained(make_cfg) -> None:
+    from segexp.training.build import build_datamodule
+
+    cfg = make_cfg("fusion=mean", "fusion._target_=tests.test_outputs.ScaleWeights", "model.scales=[1.0,0.5]",
+                   base=SMALL)
+    validate(cfg)
+    module = build_module(cfg, build_datamodule(cfg))
+    assert isinstance(module.model.fusion, ScaleWeights)
+    groups = module.schedule.param_groups(module.model.backbone, module.head_parts())
+    head_params = [p for g in groups if g["name"].startswith("head") for p in g["params"]]
+    assert any(p is module.model.fusion.logit_weights for p in head_params)
+    with torch.no_grad():  # equal initial weights: the mean of the two scales
+        outputs = module.model.eval().forward_raw(torch.randn(1, 3, 64, 64))
+    half = F.interpolate(outputs["out_scale0.5"], size=(8, 8), mode="bilinear", align_corners=False)
+    assert torch.allclose(outputs["out"], (outputs["out_scale1"] + half) / 2, atol=1e-6)

@@ -130,12 +130,15 @@ class SegmentationModule(pl.LightningModule):
         max_steps = self.trainer.max_steps
         if max_steps is None or max_steps <= 0:
             raise ValueError(f"trainer.max_steps must be > 0 for the poly schedule, got {max_steps}")
-        heads = [m for m in (self.model.head, self.model.aux_head, self.model.fusion) if m is not None]
-        optimizer, scheduler = self.schedule.build(self.model.backbone, heads, max_steps)
+        optimizer, scheduler = self.schedule.build(self.model.backbone, self.head_parts(), max_steps)
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
         }
+
+    def head_parts(self) -> list[nn.Module]:
+        """Everything but the backbone: the parts trained with the head's learning rate (``head_lr_mult``)."""
+        return [m for m in (self.model.head, self.model.aux_head, self.model.fusion) if m is not None]
 
     # --------------------------------------------------------------- evaluation
     def predict_logits(self, images: Tensor) -> Tensor:
