@@ -505,3 +505,44 @@ def test_unit_wrappers_come_from_the_config(make_cfg) -> None:
     assert isinstance(model.backbone.layer4[1], Marker)
     model.eval()(torch.randn(1, 3, 64, 64))
     assert model.backbone.layer4[1].calls == 1
+
+
+# FCRN dropout in the residual branch of named units
+# --------------------------------------------------------------------------------------------------------
+
+
+def test_residual_dropout_drops_only_the_branch_and_is_the_unit_in_eval_mode() -> None:
+    from segexp.models.backbones.residual_dropout import ResidualDropout
+
+    torch.manual_seed(0)
+    plain = ResNet(18, output_stride=16).eval()
+    torch.manual_seed(0)  # the same initial weights: wrapping draws no random numbers
+    dropped = ResNet(18, output_stride=16, dropout_units=["res5b", "layer4.0"], dropout=0.5)
+    assert isinstance(dropped.layer4[1], ResidualDropout) and isinstance(dropped.unit("res5a"), ResidualDropout)
+    x = torch.randn(1, 3, 64, 64)
+    torch.testing.assert_close(dropped.eval()(x)["out"], plain(x)["out"])  # eval: dropout is the identity
+    unit = dropped.layer4[1].train()
+    features = torch.relu(torch.randn(2, 512, 4, 4))
+    with torch.no_grad():
+        out = unit(features)
+        branch, shortcut = unit.unit.residual(features), unit.unit.shortcut(features)
+    # every element is relu(m * branch + shortcut) with m = 0 (dropped) or 1 / (1 - p) = 2 (kept)
+    dropped_el = torch.isclose(out, torch.relu(shortcut), atol=1e-6)
+    kept_el = torch.isclose(out, torch.relu(2 * branch + shortcut), atol=1e-5)
+    assert (dropped_el | kept_el).all()
+    differs = ~torch.isclose(torch.relu(shortcut), torch.relu(2 * branch + shortcut), atol=1e-5)
+    assert 0.4 < (dropped_el & differs).sum() / differs.sum() < 0.6  # about half the branch is dropped
+
+
+def test_dropout_units_come_from_the_config_and_bad_names_name_the_key(make_cfg) -> None:
+    from segexp.config import ConfigError
+    from segexp.models.backbones.residual_dropout import ResidualDropout
+    from segexp.models.build import build_segmentor
+
+    base = ["backbone=resnet50", "head=fcn", "dataset=synthetic", "logger=csv"]
+    model = build_segmentor(make_cfg("backbone.dropout_units=[res5b,res5c]", "backbone.dropout=0.3", base=base), 6)
+    wrapped = [model.backbone.unit(name) for name in ("res5b", "res5c")]
+    assert all(isinstance(w, ResidualDropout) and w.dropout.p == 0.3 for w in wrapped)
+    assert not isinstance(model.backbone.unit("res5a"), ResidualDropout)
+    with pytest.raises(ConfigError, match=r"backbone\.dropout_units: unknown residual unit 'res5z'"):
+        build_segmentor(make_cfg("backbone.dropout_units=[res5z]", base=base), 6)

@@ -239,10 +239,10 @@ def test_an_eval_output_stride_the_rates_cannot_reach_fails_before_any_work(make
 
 
 def test_a_model_that_cannot_be_built_leaves_error_json(make_cfg) -> None:
-    from hydra.errors import InstantiationException
+    from segexp.config import ConfigError
 
     cfg = make_cfg("backbone.output_stride=12")
-    with pytest.raises(InstantiationException, match="output_stride must be a power of two"):
+    with pytest.raises(ConfigError, match="backbone: output_stride must be a power of two"):
         run_training(cfg)
     error = json.loads((Path(cfg.output_dir) / "error.json").read_text())
     assert "output_stride must be a power of two" in error["error"] and "Traceback" in error["traceback"]
@@ -262,7 +262,7 @@ def test_multirun_ends_with_a_summary_of_every_job_failed_ones_too(tmp_path: Pat
     failed = next(line for line in summary.splitlines() if "backbone.output_stride=12" in line)
     miou = json.loads((tmp_path / "0" / "metrics.json").read_text())["mIoU"]
     assert " ok " in ok and f"{100 * miou:.2f}" in ok
-    assert " failed " in failed and "error: InstantiationException" in summary
+    assert " failed " in failed and "error: ConfigError" in summary
     assert "output_stride must be a power of two" in summary
 
 

@@ -13,6 +13,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
@@ -55,7 +56,7 @@ def build_segmentor(cfg: DictConfig, num_classes: int) -> Segmentor:
     (ASPP rates scaled, see :mod:`segexp.models.heads.aspp`); ``cfg.fusion`` for several ``model.scales``; the loss
     weight of every output."""
     options = model_options(cfg)
-    backbone = instantiate(cfg.backbone)
+    backbone = build_backbone(cfg.backbone)
     head = build_head(cfg.head, "head", backbone, num_classes)
     aux_head, aux_weight = None, 0.0
     if cfg.get("aux_head") is not None:
@@ -76,6 +77,16 @@ def build_segmentor(cfg: DictConfig, num_classes: int) -> Segmentor:
     if options.bn_momentum is not None:
         set_bn_momentum(model, options.bn_momentum)
     return model
+
+
+def build_backbone(node: DictConfig) -> nn.Module:
+    """The backbone; a ValueError of its constructor (a bad depth, unit name, stride) becomes a ConfigError."""
+    try:
+        return instantiate(node)
+    except InstantiationException as err:
+        if isinstance(err.__cause__, ValueError):
+            raise ConfigError(f"backbone: {err.__cause__}") from err
+        raise
 
 
 def build_head(node: DictConfig, key: str, backbone: nn.Module, num_classes: int) -> nn.Module:

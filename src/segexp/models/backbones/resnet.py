@@ -32,11 +32,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 
 import torch
 from torch import Tensor, nn
 
 from segexp.models.backbones.frozen_bn import freeze_batchnorm
+from segexp.models.backbones.residual_dropout import ResidualDropout
 from segexp.models.backbones.unit_names import resolve_unit
 
 # ImageNet weights in torchvision format (IMAGENET1K_V1). When online, download with
@@ -95,11 +97,15 @@ class BasicBlock(nn.Module):
     def dilations(self) -> tuple[int, ...]:
         return (self.conv1.dilation[0], self.conv2.dilation[0])
 
+    def shortcut(self, x: Tensor) -> Tensor:
+        return x if self.downsample is None else self.downsample(x)
+
+    def residual(self, x: Tensor) -> Tensor:
+        """The residual branch, before it is added to the shortcut."""
+        return self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
+
     def forward(self, x: Tensor) -> Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return self.relu(out + identity)
+        return self.relu(self.residual(x) + self.shortcut(x))
 
 
 class Bottleneck(nn.Module):
@@ -127,12 +133,17 @@ class Bottleneck(nn.Module):
     def dilations(self) -> tuple[int, ...]:
         return (self.conv2.dilation[0],)
 
-    def forward(self, x: Tensor) -> Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
+    def shortcut(self, x: Tensor) -> Tensor:
+        return x if self.downsample is None else self.downsample(x)
+
+    def residual(self, x: Tensor) -> Tensor:
+        """The residual branch, before it is added to the shortcut."""
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        return self.relu(out + identity)
+        return self.bn3(self.conv3(out))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.relu(self.residual(x) + self.shortcut(x))
 
 
 Block = type[BasicBlock] | type[Bottleneck]
@@ -191,6 +202,8 @@ class ResNet(nn.Module):
         frozen_bn: bool = False,
         in_channels: int = 3,
         unit_wrappers: Mapping[str, Callable[..., nn.Module]] | None = None,
+        dropout_units: Sequence[str] = (),
+        dropout: float = 0.5,
     ) -> None:
         super().__init__()
         if depth not in ARCHITECTURES:
@@ -226,6 +239,11 @@ class ResNet(nn.Module):
             freeze_batchnorm(self)
         for name, make_wrapper in (unit_wrappers or {}).items():
             self.wrap_unit(name, make_wrapper)
+        for name in dropout_units:  # FCRN Sec. 4.5: dropout in some of the top-most residual units
+            try:
+                self.wrap_unit(name, partial(ResidualDropout, p=dropout))
+            except ValueError as err:
+                raise ValueError(f"backbone.dropout_units: {err}") from err
 
     def unit(self, name: str) -> nn.Module:
         """The residual unit (or its wrapper) called ``name`` in either naming (:mod:`.unit_names`)."""
