@@ -159,7 +159,8 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
 
 
 def inference_settings(module: Any) -> dict[str, Any]:
-    """How the scores were computed: test-time scales, flip, whole image or sliding window, output stride."""
+    """How the scores were computed: test-time scales, flip, whole image or sliding window, output stride, and
+    shifted passes (scores at output_stride / shift_passes)."""
     inference = module.inference
     return {
         "scales": list(inference.scales),
@@ -168,6 +169,7 @@ def inference_settings(module: Any) -> dict[str, Any]:
         "crop_size": list(inference.crop_size) if inference.crop_size else None,
         "stride": list(inference.stride) if inference.stride else None,
         "output_stride": module.eval_output_stride or module.model.output_stride,
+        "shift_passes": inference.shift_passes,
     }
 
 

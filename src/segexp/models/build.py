@@ -41,6 +41,7 @@ class ModelOptions:
     freeze_bn: bool = False
     channels_last: bool | None = None
     compile: bool = False
+    train_shift_passes: bool = False
 
 
 BUILDER_KEYS = {"aux_head": ("loss_weight",)}

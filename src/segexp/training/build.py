@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from segexp.config import validate_config
 from segexp.data.datamodule import SegmentationDataModule
 from segexp.models.build import BUILDER_KEYS, ModelOptions, build_segmentor, model_options
+from segexp.models.shifted_passes import check_shift_passes
 from segexp.training.module import SegmentationModule
 
 
@@ -31,8 +32,14 @@ def build_datamodule(cfg: DictConfig) -> SegmentationDataModule:
 
 def build_module(cfg: DictConfig, datamodule: SegmentationDataModule) -> SegmentationModule:
     options = model_options(cfg)
+    model = build_segmentor(cfg, datamodule.num_classes)
+    inference = instantiate(cfg.inference) if cfg.get("inference") else None
+    if options.train_shift_passes:
+        check_shift_passes(model, "model.train_shift_passes=true")
+    if inference is not None and inference.shift_passes > 1:
+        check_shift_passes(model, f"inference.shift_passes={inference.shift_passes}")
     return SegmentationModule(
-        model=build_segmentor(cfg, datamodule.num_classes),
+        model=model,
         loss=instantiate(cfg.loss),
         schedule=instantiate(cfg.schedule),
         class_names=datamodule.class_names,
@@ -40,7 +47,8 @@ def build_module(cfg: DictConfig, datamodule: SegmentationDataModule) -> Segment
         eval_output_stride=options.eval_output_stride,
         channels_last=options.channels_last,
         compile_model=options.compile,
-        inference=instantiate(cfg.inference) if cfg.get("inference") else None,
+        train_shift_passes=options.train_shift_passes,
+        inference=inference,
         config=plain_config(cfg),
     )
 

@@ -5,6 +5,9 @@ flips follow the paper: the image is resized by each scale (and flipped), the mo
 probabilities are resized back to the input size, and the final score is their average.
 ``mode="slide"`` evaluates overlapping ``crop_size`` windows with ``stride`` and averages the
 scores where windows overlap (the usual protocol for 1024x2048 Cityscapes images).
+``shift_passes=2`` computes each forward pass as four shifted passes (FCRN Sec. 3.2,
+:mod:`segexp.models.shifted_passes`): the scores of the network at half its output stride, with the same
+weights; it combines with scales, flip and sliding windows.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from segexp.models.shifted_passes import shifted_pass_outputs
 
 Model = Callable[[Tensor], Tensor]
 
@@ -31,7 +36,11 @@ class Inference:
         crop_size: tuple[int, int] | None = None,
         stride: tuple[int, int] | None = None,
         align_corners: bool = False,
+        shift_passes: Literal[1, 2] = 1,
     ) -> None:
+        if shift_passes not in (1, 2):
+            raise ValueError(f"inference.shift_passes must be 1 (plain) or 2 (four shifted passes: twice the "
+                             f"output resolution), got {shift_passes}")
         if not scales or any(s <= 0 for s in scales):
             raise ValueError(f"inference.scales must be positive numbers, got {list(scales)}")
         if mode == "slide" and (crop_size is None or stride is None):
@@ -42,10 +51,11 @@ class Inference:
         self.crop_size = tuple(crop_size) if crop_size else None
         self.stride = tuple(stride) if stride else None
         self.align_corners = align_corners
+        self.shift_passes = shift_passes
 
     @property
     def is_plain(self) -> bool:
-        return self.scales == [1.0] and not self.flip and self.mode == "whole"
+        return self.scales == [1.0] and not self.flip and self.mode == "whole" and self.shift_passes == 1
 
     def __call__(self, model: Model, images: Tensor) -> Tensor:
         """Scores ``(B, C, H, W)`` at the input size: logits when plain, else mean probabilities."""
@@ -65,7 +75,16 @@ class Inference:
         return total / (len(self.scales) * (2 if self.flip else 1))
 
     def _predict(self, model: Model, images: Tensor) -> Tensor:
-        return sliding_window(model, images, self.crop_size, self.stride) if self.mode == "slide" else model(images)
+        if self.mode == "slide":
+            return sliding_window(lambda window: self._logits(model, window), images, self.crop_size, self.stride)
+        return self._logits(model, images)
+
+    def _logits(self, model: Model, images: Tensor) -> Tensor:
+        """The model's logits at the input size, from four shifted passes when ``shift_passes=2``."""
+        if self.shift_passes == 1:
+            return model(images)
+        dense = shifted_pass_outputs(model, images)["out"]
+        return self._resize(dense, tuple(images.shape[-2:]))
 
     def _resize(self, x: Tensor, size: tuple[int, int]) -> Tensor:
         if tuple(x.shape[-2:]) == size:

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
 from segexp.models.segmentor import Segmentor
+from segexp.models.shifted_passes import shifted_pass_outputs
 from segexp.training.inference import Inference
 from segexp.training.metrics import confusion_matrix_metric, metrics_from_confusion
 from segexp.training.schedules.poly import PolySchedule
@@ -45,6 +46,7 @@ class SegmentationModule(pl.LightningModule):
         eval_output_stride: int | None = None,
         channels_last: bool | None = None,
         compile_model: bool = False,
+        train_shift_passes: bool = False,
         inference: Inference | None = None,
         config: dict[str, Any] | None = None,
     ) -> None:
@@ -58,6 +60,7 @@ class SegmentationModule(pl.LightningModule):
         self.eval_output_stride = eval_output_stride
         self.channels_last = channels_last
         self.compile_model = compile_model
+        self.train_shift_passes = train_shift_passes
         self._memory_format = torch.contiguous_format
         self._compiled = False
         self.inference = inference or Inference()
@@ -110,8 +113,15 @@ class SegmentationModule(pl.LightningModule):
             return self.compute_loss(logits, small[:, 0].long(), batch)
         return self.compute_loss(self.model.upsample(logits, tuple(labels.shape[-2:])), labels, batch)
 
+    def raw_outputs(self, images: Tensor) -> dict[str, Tensor]:
+        """The segmentor's low-resolution outputs; with ``model.train_shift_passes`` from four shifted passes
+        at twice the resolution (FCRN Sec. 3.2, :mod:`segexp.models.shifted_passes`)."""
+        if self.train_shift_passes:
+            return shifted_pass_outputs(self.model, images)
+        return self.model.forward_raw(images)
+
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        outputs = self.model.forward_raw(self.in_model_layout(batch["image"]))
+        outputs = self.raw_outputs(self.in_model_layout(batch["image"]))
         weights = self.model.loss_weights
         terms = {name: self.output_loss(outputs[name], batch) for name in outputs if weights.get(name, 0.0) != 0.0}
         loss = sum(weights[name] * term for name, term in terms.items())

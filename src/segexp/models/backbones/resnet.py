@@ -31,7 +31,8 @@ slightly larger than the undilated one's; e.g. ResNet-18 covers 435 px at OS 32 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from functools import partial
 
 import torch
@@ -305,6 +306,40 @@ class ResNet(nn.Module):
                 inner = getattr(unit, "unit", unit)  # a wrapped unit (see wrap_unit)
                 inner.set_geometry(stride if unit_index == 0 else 1, rate * unit_rates[unit_index])
         self.output_stride = output_stride
+
+    @contextmanager
+    def dense_last_stride(self, offset: tuple[int, int]) -> Iterator[None]:
+        """One shifted pass of FCRN Sec. 3.2: inside the block, the convolutions holding the last stride (the
+        first unit's strided 3x3 conv and its shortcut conv) run with stride 1 and keep every second row and
+        column of their output from ``offset`` = (dy, dx) in {0, 1}^2.
+
+        The paper shifts the feature map in front of that layer by one pixel and strides; striding a shifted
+        map keeps the same values as evaluating the layer densely and subsampling from the offset, and the
+        latter also gets the border right (zero padding where the dense layer has it). The four offsets'
+        outputs interleave into the output of the network at half the output stride with the same weights
+        (every later dilation doubled, the strided conv's own unchanged). Raises ValueError when no stage
+        after the stem strides (output stride 4)."""
+        unit = getattr(self, self.last_strided_stage())[0]
+        strided = [m for m in unit.modules() if isinstance(m, nn.Conv2d) and m.stride == (2, 2)]
+        dy, dx = offset
+        handles = [conv.register_forward_hook(lambda module, args, out: out[..., dy::2, dx::2]) for conv in strided]
+        for conv in strided:
+            conv.stride = (1, 1)
+        try:
+            yield
+        finally:
+            for conv, handle in zip(strided, handles):
+                conv.stride = (2, 2)
+                handle.remove()
+
+    def last_strided_stage(self) -> str:
+        """The last stage whose first unit strides at the current output stride."""
+        plan = _stage_plan(self.output_stride, len(self.stage_names))
+        strided = [name for name, (stride, _) in zip(self.stage_names, plan) if stride == 2]
+        if not strided:
+            raise ValueError(f"ResNet at output stride {self.output_stride} has no strided stage after the stem: "
+                             "shifted passes cannot simulate half of it")
+        return strided[-1]
 
     def feature_strides(self) -> dict[str, int]:
         """Stride (input pixels per feature pixel) of each feature name at the current output stride."""
