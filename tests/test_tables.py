@@ -801,3 +801,22 @@ def test_submitit_local_runs_each_rank_as_a_task_and_reads_every_row_back(tmp_pa
     assert task_logs == ["0_log.out", "0_log.out", "0_log.out", "1_log.out"]  # 3 jobs, the 2-rank one has 2 tasks
     assert sorted(p.name.rsplit("-", 2)[0] for p in (runs / "_logs").iterdir()) == [
         "train-nodes1-tasks_per_node1", "train-nodes1-tasks_per_node2"]
+
+
+def test_a_per_class_table_is_reported_with_classes_as_columns(tmp_path: Path) -> None:
+    spec, smoke = load_table("fcrn.t6"), load_profile("smoke")
+    base_dir = tmp_path / "runs"
+    classes = [m.removeprefix("per_class_iou.") for m in spec.metrics if m.startswith("per_class_iou.")]
+    ious = {name: 0.5 + i / 100 for i, name in enumerate(classes)}  # road 50.00, sidewalk 51.00, ...
+    fabricate(base_dir, "fcrn", 0, {"mIoU": 0.6, "per_class_iou": ious})
+    paths = write_report(spec, smoke, base_dir=base_dir, results_dir=tmp_path / "results")
+    md = paths["md"].read_text()
+    assert "## per-class IoU" in md and "| row | | road | sidewalk | building |" in md
+    paper = spec.row("fcrn").paper
+    assert f"| paper | {paper['per_class_iou.road']:.2f} | {paper['per_class_iou.sidewalk']:.2f} |" in md
+    assert "| | measured | 50.00 | 51.00 | 52.00 |" in md
+    bootstrap = md.splitlines()[md.splitlines().index(next(ln for ln in md.splitlines()
+                                                             if ln.startswith("| `fcrn_bootstrap`"))) + 1]
+    assert bootstrap.startswith("| | measured | missing | missing |")
+    assert "## mIoU" in md and "## per_class_iou.road" not in md  # mIoU keeps its detailed table
+    assert paths["png"].read_bytes()[:4] == b"\x89PNG"

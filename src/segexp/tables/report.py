@@ -122,6 +122,9 @@ class TableReport:
     def cells_of(self, metric: str) -> list[Cell]:
         return [c for c in self.cells if c.metric == metric]
 
+    def cell(self, row: str, metric: str) -> Cell:
+        return next(c for c in self.cells if c.row.name == row and c.metric == metric)
+
     @property
     def has_runs(self) -> bool:
         return any(not r.empty for r in self.results.values())
@@ -240,6 +243,31 @@ def markdown_table(cells: Sequence[Cell], deltas: bool) -> list[str]:
     return lines
 
 
+MIN_PER_CLASS_METRICS = 2
+"""A table with at least this many per-class metrics is reported class by class (classes as columns)."""
+
+
+def per_class_metrics(spec: TableSpec) -> list[str]:
+    """The spec's ``per_class_iou.<class>`` metrics when it has several (a per-class table), else none."""
+    metrics = [m for m in spec.metrics if m.startswith(PER_CLASS_PREFIX)]
+    return metrics if len(metrics) >= MIN_PER_CLASS_METRICS else []
+
+
+def per_class_table(report: TableReport, metrics: Sequence[str]) -> list[str]:
+    """Classes as columns; per table row a ``paper`` line and a ``measured`` line (mean over seeds, or the
+    row's status), as the papers print their per-class tables."""
+    classes = [m[len(PER_CLASS_PREFIX):] for m in metrics]
+    lines = ["| row | | " + " | ".join(md_escape(c) for c in classes) + " |",
+             "|---|---|" + "---:|" * len(classes)]
+    for row in report.spec.rows:
+        cells = [report.cell(row.name, metric) for metric in metrics]
+        name = md_escape(f"`{row.name}`" + (f" {row.label}" if row.label else ""))
+        lines.append(f"| {name} | paper | " + " | ".join(fmt(c.paper) for c in cells) + " |")
+        measured = [fmt(c.measured) if c.status == OK else c.status for c in cells]
+        lines.append("| | measured | " + " | ".join(md_escape(m) for m in measured) + " |")
+    return lines
+
+
 def render_markdown(report: TableReport) -> str:
     spec, profile = report.spec, report.profile
     lines = [f"# {spec.id}: {spec.title}", "",
@@ -252,7 +280,12 @@ def render_markdown(report: TableReport) -> str:
                 if spec.paper_values == DELTA else "")]
     if spec.notes:
         lines.append(f"- note: {spec.notes.strip()}")
+    per_class = per_class_metrics(spec)
+    if per_class:
+        lines += ["", "## per-class IoU", "", *per_class_table(report, per_class)]
     for metric in spec.metrics:
+        if metric in per_class:
+            continue
         lines += ["", f"## {metric}", "", *markdown_table(report.cells_of(metric), spec.paper_values == DELTA)]
     lines += ["", "---", "", VERDICT_RULE, "",
               "Δ vs paper = measured − paper. paper Δ / measured Δ = row − baseline row. A warning next to a row "
@@ -298,9 +331,13 @@ def value_label(metric: str, deltas: bool) -> str:
 
 
 def chart(report: TableReport) -> Figure:
-    """Grouped bars, paper vs measured (error bar: std over seeds), one panel per metric (first three).
-    One legend for the figure, below the panels, so it never covers a bar."""
+    """Grouped bars, paper vs measured (error bar: std over seeds), one panel per metric (first three), or for
+    a per-class table one panel per row with a bar pair per class. One legend for the figure, below the
+    panels, so it never covers a bar."""
     from matplotlib.figure import Figure
+
+    if per_class_metrics(report.spec):
+        return per_class_chart(report)
 
     metrics = report.spec.metrics[:MAX_CHART_METRICS]
     names = [row.name for row in report.spec.rows]
@@ -317,6 +354,31 @@ def chart(report: TableReport) -> Figure:
         ax.set_xticks(list(xs), names, rotation=45, ha="right", fontsize=8)
         ax.set_ylabel(value_label(metric, report.spec.paper_values == DELTA))
     axes[0].set_title(f"{report.spec.id}: paper vs measured ({report.profile.name} profile)", fontsize=10)
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncols=2, fontsize=8)
+    return fig
+
+
+def per_class_chart(report: TableReport) -> Figure:
+    """One panel per table row: per class, the paper's IoU and the measured one (error bar: std over seeds)."""
+    from matplotlib.figure import Figure
+
+    metrics = per_class_metrics(report.spec)
+    classes = [m[len(PER_CLASS_PREFIX):] for m in metrics]
+    rows = report.spec.rows
+    fig = Figure(figsize=(max(6.0, 0.4 * len(classes) + 2), 2.8 * len(rows) + 0.5), layout="constrained")
+    axes = fig.subplots(len(rows), 1, squeeze=False)[:, 0]
+    nan = float("nan")
+    xs = range(len(classes))
+    for ax, row in zip(axes, rows):
+        cells = [report.cell(row.name, metric) for metric in metrics]
+        ax.bar([x - 0.2 for x in xs], [c.paper if c.paper is not None else nan for c in cells], 0.4,
+               label="paper", color="0.6")
+        ax.bar([x + 0.2 for x in xs], [c.measured if c.measured is not None else nan for c in cells], 0.4,
+               yerr=[c.std or 0.0 for c in cells], label=f"measured ({report.profile.name})", color="tab:blue")
+        ax.set_xticks(list(xs), classes, rotation=60, ha="right", fontsize=7)
+        ax.set_ylabel("IoU (%)")
+        ax.set_title(f"{row.name}" + (f": {row.label}" if row.label else ""), fontsize=8)
+    fig.suptitle(f"{report.spec.id}: per-class IoU, paper vs measured ({report.profile.name} profile)", fontsize=10)
     fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncols=2, fontsize=8)
     return fig
 
