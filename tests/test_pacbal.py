@@ -350,6 +350,13 @@ def test_bal_equals_the_formula_by_hand() -> None:
     torch.testing.assert_close(loss6(logits6, LABEL_6X6[None]), expected)
 
 
+def test_bal_weights_stay_float32_under_autocast() -> None:
+    loss = BoundaryAwareLoss(kernel="linear", down=1, size=3, beta=0.5)
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        weights = loss.edge_weights(LABEL_6X6[None])
+    assert weights.dtype == torch.float32 and weights[0].tolist() == E_G_LINEAR3
+
+
 def test_bal_without_edges_is_beta_times_cross_entropy() -> None:
     torch.manual_seed(0)
     logits = torch.randn(2, 4, 24, 20)

@@ -164,8 +164,9 @@ class BoundaryAwareLoss(nn.Module):
     @torch.no_grad()
     def edge_weights(self, target: Tensor) -> Tensor:
         """``E_G`` (Eq. 3) of (B, H, W) labels, float32 (B, H, W), by the fast form (one map for all classes)."""
-        count = edge_count(target, self.ignore_index)
-        return spread_edges(count, self.blur.float(), self.down, self.antialias)[:, 0] + self.beta
+        with torch.autocast(device_type=target.device.type, enabled=False):  # float32 under mixed precision too
+            count = edge_count(target, self.ignore_index)
+            return spread_edges(count, self.blur.float(), self.down, self.antialias)[:, 0] + self.beta
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         if logits.shape[-2:] != target.shape[-2:]:
