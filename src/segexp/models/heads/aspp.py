@@ -35,7 +35,8 @@ from torch import Tensor, nn
 DEFAULT_RATES = (6, 12, 18)
 
 
-def _conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int, dilation: int = 1) -> nn.Sequential:
+def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int, dilation: int = 1) -> nn.Sequential:
+    """conv (no bias, 'same' padding) + BN + ReLU: every ASPP branch (and the PAC head's 1x1 branch)."""
     padding = dilation * (kernel_size - 1) // 2
     return nn.Sequential(
         nn.Conv2d(in_channels, out_channels, kernel_size, padding=padding, dilation=dilation, bias=False),
@@ -44,11 +45,32 @@ def _conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int, dilatio
     )
 
 
+def scaled_dilations(
+    rates: Sequence[int], rates_output_stride: int, output_stride: int, owner: str = "ASPP"
+) -> tuple[int, ...]:
+    """Each rate's dilation at ``output_stride``: rate * rates_output_stride / output_stride (DeepLabv3 Sec. 3.3,
+    "the rates are doubled when output_stride=8"). A rate that does not give a whole dilation >= 1 raises a
+    ValueError naming ``owner``, the rate and the output stride."""
+    dilations = []
+    for rate in rates:
+        scaled = rate * rates_output_stride
+        if scaled % output_stride or scaled < output_stride:
+            raise ValueError(
+                f"{owner} rates {list(rates)} (given for output stride {rates_output_stride}) do not "
+                f"scale to output stride {output_stride}: rate {rate} would be dilation "
+                f"{scaled / output_stride:g}; choose rates that are multiples of {output_stride} / "
+                f"gcd(rates_output_stride, {output_stride}) or another output stride"
+            )
+        dilations.append(scaled // output_stride)
+    return tuple(dilations)
+
+
 class ImagePooling(nn.Module):
     """Image-level features: global average pool -> 1x1 conv -> BN -> ReLU -> bilinear upsample."""
 
-    def __init__(self, in_channels: int, out_channels: int) -> None:
+    def __init__(self, in_channels: int, out_channels: int, owner: str = "ASPPHead") -> None:
         super().__init__()
+        self.owner = owner  # the head named in the batch-1 error
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.conv = nn.Conv2d(in_channels, out_channels, kernel_size=1, bias=False)
         self.bn: nn.Module = nn.BatchNorm2d(out_channels)
@@ -58,7 +80,7 @@ class ImagePooling(nn.Module):
         pooled = self.conv(self.pool(x))
         if pooled.shape[0] == 1 and isinstance(self.bn, nn.BatchNorm2d) and self.bn.training:
             raise ValueError(
-                "ASPPHead image-level branch: BatchNorm on the globally pooled 1x1 features has a single "
+                f"{self.owner} image-level branch: BatchNorm on the globally pooled 1x1 features has a single "
                 "value per channel at batch size 1 in training mode, so batch statistics are undefined. "
                 "Train with batch size >= 2 (the paper uses 16), freeze BN, or set image_pooling=False."
             )
@@ -91,11 +113,11 @@ class ASPPHead(nn.Module):
         self.rates_output_stride = rates_output_stride
         self.in_channels = in_channels
         self.num_classes = num_classes
-        self.pointwise = _conv_bn_relu(in_channels, channels, kernel_size=1)
-        self.atrous = nn.ModuleList(_conv_bn_relu(in_channels, channels, 3, rate) for rate in self.rates)
+        self.pointwise = conv_bn_relu(in_channels, channels, kernel_size=1)
+        self.atrous = nn.ModuleList(conv_bn_relu(in_channels, channels, 3, rate) for rate in self.rates)
         self.image_pool = ImagePooling(in_channels, channels) if image_pooling else None
         self.num_branches = 1 + len(self.rates) + int(image_pooling)
-        self.project = _conv_bn_relu(self.num_branches * channels, channels, kernel_size=1)
+        self.project = conv_bn_relu(self.num_branches * channels, channels, kernel_size=1)
         self.dropout: nn.Module = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
         self.classifier = nn.Conv2d(channels, num_classes, kernel_size=1, bias=True)
         self.output_stride = output_stride
@@ -108,18 +130,7 @@ class ASPPHead(nn.Module):
 
     def dilations_at(self, output_stride: int) -> tuple[int, ...]:
         """Each atrous branch's dilation at ``output_stride``: rate * rates_output_stride / output_stride."""
-        dilations = []
-        for rate in self.rates:
-            scaled = rate * self.rates_output_stride
-            if scaled % output_stride or scaled < output_stride:
-                raise ValueError(
-                    f"ASPP rates {list(self.rates)} (given for output stride {self.rates_output_stride}) do not "
-                    f"scale to output stride {output_stride}: rate {rate} would be dilation "
-                    f"{scaled / output_stride:g}; choose rates that are multiples of {output_stride} / "
-                    f"gcd(rates_output_stride, {output_stride}) or another output stride"
-                )
-            dilations.append(scaled // output_stride)
-        return tuple(dilations)
+        return scaled_dilations(self.rates, self.rates_output_stride, output_stride, owner="ASPP")
 
     def set_output_stride(self, output_stride: int) -> None:
         """Set each atrous branch to its dilation at ``output_stride`` (padding alike)."""
