@@ -48,10 +48,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 
+from segexp import atomic
 from segexp.builders import build_datamodule, build_module
 from segexp.config import REPO_ROOT, gpu_mixed_precision
 from segexp.info import compose_config
-from segexp.run import write_json_atomic
 
 MMSEG_V100_FPS = 1.92
 """mmsegmentation's published inference rate of DeepLabV3-R101-D8 on Cityscapes (V100, fp32, 1024x2048)."""
@@ -388,7 +388,7 @@ def main(argv: list[str] | None = None) -> None:
     device = "gpu" if gpu else "cpu"
     path = Path(args.json or REPO_ROOT / "outputs" / "bench" / f"bench-{device}.json")
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(path, report)
+    atomic.write_json(path, report)
     print(f"figures written to {path}")
 
 

@@ -26,6 +26,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from segexp import atomic
 from segexp.builders import build_datamodule, build_module, check_command_line, read_checkpoint, validate
 from segexp.callbacks import SavePredictions
 from segexp.config import CONF_DIR, ConfigError
@@ -38,7 +39,6 @@ from segexp.run import (
     finish_loggers,
     metrics_payload,
     output_dir_of,
-    write_json_atomic,
 )
 
 
@@ -152,7 +152,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
     if saver is not None:
         metrics["predictions_dir"] = str(saver.out_dir)
         metrics["num_predictions"] = count_predictions(saver.out_dir)
-    write_json_atomic(output_dir / "metrics.json", metrics)
+    atomic.write_json(output_dir / "metrics.json", metrics)
     print_summary(metrics, datamodule.val_split, output_dir / "metrics.json")
     return metrics
 

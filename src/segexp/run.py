@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import subprocess
 import sys
@@ -22,6 +20,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import Logger, WandbLogger
 
+from segexp import atomic
 from segexp.config import REPO_ROOT, ConfigError
 from segexp.tables.store import ERROR_FILE
 
@@ -174,28 +173,6 @@ def _device_name(trainer: pl.Trainer) -> str:
     return root.type
 
 
-def json_safe(value: Any) -> Any:
-    """``value`` with every non-finite float (NaN, +-inf) in it, at any depth, replaced by None (JSON null)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {key: json_safe(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(item) for item in value]
-    return value
-
-
-def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    """Write JSON through a temporary file so a crash never leaves a truncated file behind.
-
-    Non-finite floats (e.g. the NaN mIoU of a split without labelled pixels) are written as null: the
-    file stays valid JSON, which has no NaN token.
-    """
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(json_safe(payload), indent=2, sort_keys=False, allow_nan=False) + "\n")
-    os.replace(tmp, path)
-
-
 def exit_on_config_error(check: Callable[[], None]) -> None:
     """Run a command-line check; on a :class:`ConfigError` print its one-line message and exit with status 2."""
     try:
@@ -214,7 +191,7 @@ def failure_record(output_dir: Path, step: Callable[[], int] = lambda: 0) -> Ite
     try:
         yield
     except BaseException as err:
-        write_json_atomic(output_dir / ERROR_FILE, {
+        atomic.write_json(output_dir / ERROR_FILE, {
             "error": f"{type(err).__name__}: {err}", "step": step(), "traceback": traceback.format_exc(),
         })
         raise

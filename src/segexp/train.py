@@ -19,6 +19,7 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 
+from segexp import atomic
 from segexp.builders import build_datamodule, build_module, check_command_line, validate
 from segexp.callbacks import LastCheckpoint, ValidationExamples
 from segexp.config import CONF_DIR
@@ -32,7 +33,6 @@ from segexp.run import (
     finish_loggers,
     metrics_payload,
     output_dir_of,
-    write_json_atomic,
 )
 
 
@@ -93,7 +93,7 @@ def run_training(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) -
             finish_loggers(loggers, failed)
     metrics = metrics_payload(module, trainer, datamodule.batch_size, time.perf_counter() - start, output_dir)
     if trainer.is_global_zero and not failed:
-        write_json_atomic(output_dir / "metrics.json", metrics)
+        atomic.write_json(output_dir / "metrics.json", metrics)
         print_summary(output_dir, metrics, loggers)
     return metrics
 

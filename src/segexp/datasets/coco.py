@@ -49,7 +49,7 @@ from segexp.datasets.base import (
     check_split,
     read_split_file,
 )
-from segexp.datasets.sbd import write_lines_atomic, write_png_atomic
+from segexp.datasets.sbd import write_label_png, write_split_file
 from segexp.datasets.voc import VOC_CLASSES, VOC_PALETTE
 
 log = logging.getLogger(__name__)
@@ -230,11 +230,11 @@ def convert_split(root: Path, out: Path, split: str) -> int:
         if largest == 0:
             continue  # no non-crowd VOC-class instance: never selected
         stem = Path(str(info["file_name"])).stem
-        write_png_atomic(label, label_dir / f"{stem}.png")
+        write_label_png(label, label_dir / f"{stem}.png")
         lines.append(f"{stem} {largest}")
         if len(lines) % 1000 == 0:
             log.info("%s: wrote %d label PNGs", split, len(lines))
-    write_lines_atomic(lines, out / LABEL_FOLDER / f"{split}.txt")
+    write_split_file(lines, out / LABEL_FOLDER / f"{split}.txt")
     return len(lines)
 
 

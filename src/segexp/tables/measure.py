@@ -14,9 +14,9 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, open_dict
 
+from segexp import atomic
 from segexp.builders import build_datamodule, build_segmentor
 from segexp.datamodule import SegmentationDataModule
-from segexp.run import write_json_atomic
 from segexp.tables.plan import Job, compose
 from segexp.tables.spec import MEASURABLE
 from segexp.tables.store import METRICS_FILE, read_json
@@ -83,5 +83,5 @@ def add_measurements(job: Job) -> bool:
         return False
     measured = measure_model(compose(job.overrides, job.seed))
     wanted = {k: v for k, v in measured.items() if k in job.row.measure or k not in MEASURABLE}
-    write_json_atomic(path, {**metrics, **wanted})
+    atomic.write_json(path, {**metrics, **wanted})
     return True

@@ -32,7 +32,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from segexp.run import write_json_atomic
+from segexp import atomic
 from segexp.tables.plan import (
     CHECKPOINTS,
     EVAL,
@@ -146,10 +146,8 @@ def prepare(job: Job, spec: TableSpec, profile: Profile, rows_dir: Path, prune: 
         values["ckpt_path"] = "last"
     row_file = rows_dir / "table_row" / job.row.name / f"seed{job.seed}.yaml"
     row_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = row_file.with_suffix(".tmp")
-    tmp.write_text(row_file_text(job.overrides, values))
-    os.replace(tmp, row_file)
-    write_json_atomic(job.run_dir / TABLE_ROW_FILE, {
+    atomic.write_text(row_file, row_file_text(job.overrides, values))
+    atomic.write_json(job.run_dir / TABLE_ROW_FILE, {
         "table": spec.id, "profile": profile.name, "row": job.row.name, "seed": job.seed, "kind": job.kind,
         "config_hash": job.config_hash, "overrides": list(job.overrides), "resumed": resume,
         "warnings": list(job.warnings), "prune": prune,
@@ -462,7 +460,7 @@ def record_not_run(base_dir: Path, rows: Sequence[Row], reasons: dict[str, str])
         path = base_dir / row.name / NOT_RUN_FILE
         if row.runnable and row.name in reasons:
             path.parent.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(path, {"reason": reasons[row.name]})
+            atomic.write_json(path, {"reason": reasons[row.name]})
         else:
             path.unlink(missing_ok=True)
 
