@@ -11,7 +11,7 @@ from segexp.builders import validate
 from segexp.config import CONF_DIR, ConfigError
 from segexp.info import compose_config, model_summary
 
-GROUPS = ["backbone", "head", "loss", "dataset", "schedule", "trainer", "logger", "inference", "debug"]
+GROUPS = ["backbone", "head", "loss", "dataset", "schedule", "trainer", "logger", "callbacks", "inference", "debug"]
 
 
 @pytest.mark.parametrize("group", GROUPS)

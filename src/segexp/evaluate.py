@@ -38,6 +38,7 @@ from segexp.run import (
     failure_record,
     finish_loggers,
     metrics_payload,
+    null_choices_as_deletions,
     output_dir_of,
 )
 
@@ -62,7 +63,7 @@ def run_config(cfg: DictConfig, stored: dict[str, Any]) -> DictConfig:
         run.model.eval_output_stride = cfg.model.eval_output_stride
     run.backbone.pretrained = None  # the checkpoint holds the weights
     run.model.init_from = None
-    for key in ("inference", "trainer", "logger", "output_dir", "seed"):
+    for key in ("inference", "trainer", "logger", "callbacks", "output_dir", "seed"):
         run[key] = cfg.get(key)
     return run
 
@@ -189,7 +190,9 @@ def require_ckpt(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    """Console entry point: a misspelt key gets a "did you mean" answer before Hydra runs the job."""
+    """Console entry point: ``<group>=null`` becomes Hydra's ``~<group>`` (``logger=null``: no logger), and a
+    misspelt key gets a "did you mean" answer before Hydra runs the job."""
+    sys.argv[1:] = null_choices_as_deletions(sys.argv[1:])
     exit_on_config_error(lambda: check_command_line(sys.argv[1:], "eval"))
     hydra_main()
 

@@ -17,14 +17,13 @@ from typing import Any
 import hydra
 import pytorch_lightning as pl
 from omegaconf import DictConfig
-from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 
 from segexp import atomic
 from segexp.builders import build_datamodule, build_module, check_command_line, validate
-from segexp.callbacks import LastCheckpoint, ValidationExamples
 from segexp.config import CONF_DIR
 from segexp.module import SegmentationModule
 from segexp.run import (
+    build_callbacks,
     build_loggers,
     build_trainer,
     exit_on_config_error,
@@ -32,23 +31,9 @@ from segexp.run import (
     failure_record,
     finish_loggers,
     metrics_payload,
+    null_choices_as_deletions,
     output_dir_of,
 )
-
-
-def checkpoint_callbacks(output_dir: Path) -> list[pl.Callback]:
-    """``last.ckpt`` (the latest state: resume, eval-only rows, ``init_from`` stages) and, separately, the
-    best checkpoint by val mIoU (``best-step*-miou*.ckpt``), both updated after every validation."""
-    best = ModelCheckpoint(
-        dirpath=output_dir / "checkpoints",
-        filename="best-step{step}-miou{val/mIoU:.4f}",
-        auto_insert_metric_name=False,
-        monitor="val/mIoU",
-        mode="max",
-        save_top_k=1,
-        save_last=False,
-    )
-    return [LastCheckpoint(output_dir / "checkpoints"), best]
 
 
 def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
@@ -78,12 +63,10 @@ def run_training(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) -
         datamodule = build_datamodule(cfg)
         module = build_module(cfg, datamodule)
         loggers = build_loggers(cfg, output_dir)
-        callbacks = [*checkpoint_callbacks(output_dir), ValidationExamples(), *extra_callbacks]
-        if loggers:
-            callbacks.append(LearningRateMonitor(logging_interval="step"))
         failed = True
         start = time.perf_counter()
         try:
+            callbacks = [*build_callbacks(cfg, loggers), *extra_callbacks]
             trainer = build_trainer(cfg, output_dir, loggers, callbacks)
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
             if module.last_val_step != trainer.global_step and not trainer.interrupted:
@@ -125,7 +108,9 @@ def hydra_main(cfg: DictConfig) -> float:
 
 
 def main() -> None:
-    """Console entry point: a misspelt key gets a "did you mean" answer before Hydra runs the job."""
+    """Console entry point: ``<group>=null`` becomes Hydra's ``~<group>`` (``logger=null``: no logger), and a
+    misspelt key gets a "did you mean" answer before Hydra runs the job."""
+    sys.argv[1:] = null_choices_as_deletions(sys.argv[1:])
     exit_on_config_error(lambda: check_command_line(sys.argv[1:], "train"))
     hydra_main()
 
