@@ -50,7 +50,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from segexp import atomic
 from segexp.builders import build_datamodule, build_module
-from segexp.config import REPO_ROOT, gpu_mixed_precision
+from segexp.config import REPO_ROOT, SOURCE_CHECKOUT, gpu_mixed_precision
 from segexp.info import compose_config
 
 MMSEG_V100_FPS = 1.92
@@ -386,7 +386,8 @@ def main(argv: list[str] | None = None) -> None:
     gpu = torch.cuda.is_available() and not args.cpu_style
     report = gpu_suite(args) if gpu else cpu_comparison(args)
     device = "gpu" if gpu else "cpu"
-    path = Path(args.json or REPO_ROOT / "outputs" / "bench" / f"bench-{device}.json")
+    outputs = REPO_ROOT / "outputs" if SOURCE_CHECKOUT else Path("outputs")
+    path = Path(args.json or outputs / "bench" / f"bench-{device}.json")
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic.write_json(path, report)
     print(f"figures written to {path}")

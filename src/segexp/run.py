@@ -28,7 +28,7 @@ from pytorch_lightning.callbacks import Checkpoint, LearningRateMonitor
 from pytorch_lightning.loggers import Logger, WandbLogger
 
 from segexp import atomic
-from segexp.config import CONF_DIR, REPO_ROOT, ConfigError
+from segexp.config import CONF_DIR, REPO_ROOT, SOURCE_CHECKOUT, ConfigError
 from segexp.tables.store import ERROR_FILE
 
 
@@ -174,6 +174,10 @@ def log_interval(cfg: DictConfig) -> int:
 
 
 def git_commit() -> str | None:
+    """The source checkout's commit; None for an installed copy (whatever repository the current directory
+    or the environment sits in is not the code that ran)."""
+    if not SOURCE_CHECKOUT:
+        return None
     try:
         out = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=5
