@@ -65,11 +65,17 @@ def build_loggers(cfg: DictConfig, output_dir: Path) -> list[Logger]:
     """One logger per entry of the ``logger`` node (none for ``logger=null``), wandb with its group/name per
     Hydra job. The resolved config is logged to every logger as the run's hyper-parameters (wandb's config,
     TensorBoard's hparams, the CSV logger's hparams.yaml), so the runs of a sweep can be grouped and filtered
-    by their settings."""
-    loggers = [build_logger(node, output_dir) for _, node in named_entries(cfg, "logger")]
-    hyperparameters = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
-    for logger in loggers:
-        logger.log_hyperparams(hyperparameters)
+    by their settings. When one fails to start, those already started are closed (marked failed)."""
+    loggers: list[Logger] = []
+    try:
+        for _, node in named_entries(cfg, "logger"):
+            loggers.append(build_logger(node, output_dir))
+        hyperparameters = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+        for logger in loggers:
+            logger.log_hyperparams(hyperparameters)
+    except BaseException:
+        finish_loggers(loggers, failed=True)
+        raise
     return loggers
 
 
