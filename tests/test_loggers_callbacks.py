@@ -16,6 +16,7 @@ from segexp.config import ConfigError
 from segexp.info import compose_config
 from segexp.run import build_callbacks, build_loggers, named_entries, null_choices_as_deletions
 from segexp.train import run_training
+from tests.conftest import wandb_record
 
 TWO_STEPS = ("trainer.max_steps=2", "trainer.val_check_interval=2")
 
@@ -28,9 +29,7 @@ def test_wandb_and_csv_together_each_get_the_metrics_and_the_resolved_config(mak
     run_training(cfg)
     out = Path(cfg.output_dir)
     # wandb: the offline run's record file holds the resolved config (one JSON value per top-level key)
-    [run_dir] = (out / "wandb").glob("offline-run-*")
-    [records] = run_dir.glob("run-*.wandb")
-    assert b'"rates":[2,4,6],"rates_output_stride":8' in records.read_bytes()
+    assert b'"rates":[2,4,6],"rates_output_stride":8' in wandb_record(out, b'"rates":[2,4,6]')
     # CSV: metrics.csv with the validation scalars, the same resolved config in hparams.yaml
     [metrics_csv] = (out / "csv").rglob("metrics.csv")
     assert "val/mIoU" in metrics_csv.read_text().splitlines()[0]
