@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -27,6 +28,20 @@ FAST_RUN = [
     "trainer.val_check_interval=3",
     "trainer.enable_progress_bar=false",
 ]
+
+
+def wandb_record(output_dir: Path, *expected: bytes, timeout_s: float = 30.0) -> bytes:
+    """The record file of the one offline wandb run under ``output_dir``, once it holds every ``expected`` part
+    (or, after ``timeout_s``, as it is). wandb's writer process flushes the file shortly after ``wandb.finish``
+    returns: on a busy machine it can still be a bare header at that moment."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        [run_dir] = (output_dir / "wandb").glob("offline-run-*")
+        [records] = run_dir.glob("run-*.wandb")
+        data = records.read_bytes()
+        if all(part in data for part in expected) or time.monotonic() > deadline:
+            return data
+        time.sleep(0.2)
 
 
 @pytest.fixture

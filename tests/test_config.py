@@ -7,11 +7,13 @@ from pathlib import Path
 import pytest
 from hydra.errors import ConfigCompositionException
 
-from segexp.cli.info import model_summary
+from segexp.cli.info import (
+    model_summary,
+)
 from segexp.config import CONF_DIR, ConfigError, compose_config
 from segexp.training.build import validate
 
-GROUPS = ["backbone", "head", "loss", "dataset", "schedule", "trainer", "logger", "inference", "debug"]
+GROUPS = ["backbone", "head", "loss", "dataset", "schedule", "trainer", "logger", "callbacks", "inference", "debug"]
 
 
 @pytest.mark.parametrize("group", GROUPS)
@@ -93,7 +95,9 @@ def test_usage_and_a_missing_ckpt_are_one_screen_not_a_traceback(capsys: pytest.
     import subprocess
     import sys
 
-    from segexp.cli.info import main as info_main
+    from segexp.cli.info import (
+        main as info_main,
+    )
 
     info_main(["--help"])
     assert capsys.readouterr().out.startswith("usage: segexp-info [OVERRIDE ...] [--json]")

@@ -23,7 +23,9 @@ from torch.utils.data import DataLoader, Dataset
 from segexp.cli.bench import FixedBatches
 from segexp.cli.train import run_training
 from segexp.training.build import build_datamodule, build_module
-from segexp.training.harness import effective_sync_batchnorm
+from segexp.training.harness import (
+    effective_sync_batchnorm,
+)
 from tests.test_training import interrupted_and_resumed
 
 pytestmark = [

@@ -11,7 +11,9 @@ import pytest
 import torch
 
 from segexp.cli import bench
-from segexp.cli.info import model_summary
+from segexp.cli.info import (
+    model_summary,
+)
 from segexp.cli.train import run_training
 from segexp.config import gpu_mixed_precision
 from segexp.data.datasets.camvid import CamVid

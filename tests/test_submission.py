@@ -20,7 +20,6 @@ from segexp.data.datasets.cityscapes import Cityscapes
 from segexp.data.datasets.voc import VOC, VOC_PALETTE
 from segexp.data.submission import TRAIN_ID_TO_LABEL_ID, palette_png, submission_name
 from segexp.training.callbacks import SavePredictions
-from segexp.training.harness import write_json_atomic
 from segexp.training.metrics import confusion_matrix_metric, metrics_from_confusion
 from tests.fixtures import HEIGHT, WIDTH, make_cityscapes, make_voc, random_image, write_rgb
 
@@ -166,15 +165,6 @@ def test_eval_of_a_split_without_labels_needs_save_predictions(voc_run, make_cfg
     # failed before any work: the run folder holds only the reason (no model, no trainer, no metrics)
     assert [p.name for p in Path(cfg.output_dir).iterdir()] == ["error.json"]
     assert "data.val_split=test" in json.loads((Path(cfg.output_dir) / "error.json").read_text())["error"]
-
-
-def test_metrics_json_writes_non_finite_values_as_null(tmp_path: Path) -> None:
-    payload = {"mIoU": float("nan"), "per_class_iou": {"a": 0.5, "b": float("inf")}, "list": [float("-inf"), 2.0]}
-    write_json_atomic(tmp_path / "metrics.json", payload)
-    assert strict_json(tmp_path / "metrics.json") == {
-        "mIoU": None, "per_class_iou": {"a": 0.5, "b": None}, "list": [None, 2.0]
-    }
-    assert math.isnan(payload["mIoU"])  # the caller's dict is left as it was
 
 
 def test_all_ignore_confusion_gives_nan_scores_and_null_class_ious() -> None:

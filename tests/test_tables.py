@@ -425,9 +425,9 @@ def test_submitit_sweeps_group_rows_of_equal_resources_and_user_settings_win(
             for name, seed in (("workers1", 0), ("workers16", 0), ("workers1", 1), ("workers32", 0), ("workers16", 1))]
     launched: list[tuple[list[str], str]] = []
 
-    def record(command: list[str], log: Path, quiet: bool) -> tuple[int, str]:
+    def record(command: list[str], log: Path, quiet: bool) -> int:
         launched.append((command, log.name))
-        return 0, ""
+        return 0
 
     monkeypatch.setattr(runner, "run_logged", record)
     user = ("hydra.launcher.partition=gpu", "hydra.launcher.gpus_per_node=8")
@@ -635,7 +635,8 @@ def test_run_all_skips_the_pending_tables_and_lists_them(monkeypatch: pytest.Mon
     specs = load_all()
     assert ran == [s.id for s in specs if s.ready]
     skipped = [line for line in capsys.readouterr().out.splitlines() if line.startswith("skipped ")]
-    assert skipped == [f"skipped {s.pending_message()}" for s in specs if not s.ready] and len(skipped) == 9  # prb.t1-t6, msattn.t1-t3
+    assert skipped == [f"skipped {s.pending_message()}" for s in specs if not s.ready]
+    assert len(skipped) == 9  # prb.t1-t6, msattn.t1-t3
 
 
 # ----------------------------------------------------------------------------- the runner end to end
@@ -716,6 +717,69 @@ def test_run_ends_by_writing_the_report_under_outputs(tmp_path: Path, monkeypatc
     assert f"| `{tmp_path}/tables/deeplabv3.t5/smoke/mg111/seed0` |" in md
     assert md.count("| missing |") == 4  # the other rows were not asked for
     assert tree(RESULTS_DIR) == results_before
+
+
+FAILING_ROW_TABLE = """
+id: demo.t1
+title: demo
+paper: demo
+dataset: synthetic
+metrics: [mIoU]
+base: [backbone=resnet18, head=fcn]
+rows:
+  - name: single
+    paper: {mIoU: 50.0}
+  - name: broken
+    overrides: ['loss.class_weights=[1.0,2.0]']
+    paper: {mIoU: 50.0}
+"""
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_a_failing_row_is_reported_from_its_job_status_file(tmp_path: Path) -> None:
+    """One multirun, one good and one failing row: the runner reads each job's outcome from the job_status.json
+    Hydra's job callback wrote, not from the launcher's output; a job that never started gets the exit code."""
+    spec, smoke, runs = load_spec(write_spec(tmp_path, FAILING_ROW_TABLE)), load_profile("smoke"), tmp_path / "runs"
+    result = run_table(spec, smoke, base_dir=runs, quiet=True)
+    assert result.ran == ["single/seed0"] and list(result.failed) == ["broken/seed0"]
+    message = "ValueError: loss.class_weights has 2 entries but the model"
+    assert result.failed["broken/seed0"].startswith(message)
+    assert re.search(r" \(log: .*_logs/train-\d{8}-\d{6}\.log\)$", result.failed["broken/seed0"])
+    status = json.loads((runs / "broken" / "seed0" / "job_status.json").read_text())
+    assert status["status"] == "FAILED" and status["error_type"] == "ValueError"
+    assert status["error"].startswith(message) and status["overrides"] == ["+table_row=broken/seed0"]
+    assert json.loads((runs / "single" / "seed0" / "job_status.json").read_text())["status"] == "COMPLETED"
+
+    job, log = plan_train_job(spec, spec.row("broken"), smoke, 0, runs), tmp_path / "sweep.log"
+    (job.run_dir / "error.json").unlink()  # the status file alone names the error
+    alone = RunResult(table=spec.id, profile=smoke.name)
+    runner.collect([job], 1, log, alone)
+    assert alone.failed["broken/seed0"].startswith(message)
+    (job.run_dir / "job_status.json").unlink()  # as if the job never started
+    never = RunResult(table=spec.id, profile=smoke.name)
+    runner.collect([job], 1, log, never)
+    assert never.failed["broken/seed0"] == f"exit code 1, no metrics.json (log: {log})"
+
+
+def test_the_job_status_callback_records_how_each_job_ended(tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    from hydra.core.utils import JobReturn, JobStatus
+
+    from segexp.cli.job_status import JobStatusFile
+
+    config = OmegaConf.create({"hydra": {"runtime": {"output_dir": str(tmp_path / "job")}}})
+    path, callback = tmp_path / "job" / "job_status.json", JobStatusFile()
+    failed = JobReturn(overrides=["head.rates=[1]"], status=JobStatus.FAILED,
+                       _return_value=ValueError("head.rates: too few"))
+    callback.on_job_end(config, failed)
+    assert json.loads(path.read_text()) == {"status": "FAILED", "overrides": ["head.rates=[1]"],
+                                            "error_type": "ValueError", "error": "ValueError: head.rates: too few"}
+    callback.on_job_start(config)  # a new job in the same folder: the old status is gone
+    assert not path.exists()
+    callback.on_job_end(config, JobReturn(overrides=[], status=JobStatus.COMPLETED, _return_value=0.5))
+    assert json.loads(path.read_text()) == {"status": "COMPLETED", "overrides": []}
+    assert "Error executing job" not in capsys.readouterr().err  # the exception was read, not re-raised
+    assert sorted(p.name for p in path.parent.iterdir()) == ["job_status.json"]
 
 
 def test_report_points_a_test_server_row_to_its_predictions(tmp_path: Path) -> None:

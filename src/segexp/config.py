@@ -10,6 +10,7 @@ fails before any data is read, with the full config key in the message.
 from __future__ import annotations
 
 import difflib
+import importlib.resources as resources
 import inspect
 import netrc
 import os
@@ -24,8 +25,21 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-CONF_DIR = REPO_ROOT / "conf"
+PACKAGE_DIR = Path(__file__).resolve().parent
+REPO_ROOT = PACKAGE_DIR.parents[1]
+"""The source checkout holding ``src/segexp``; meaningful only where :data:`SOURCE_CHECKOUT` holds."""
+SOURCE_CHECKOUT = (REPO_ROOT / "pyproject.toml").is_file() and (REPO_ROOT / "conf" / "train.yaml").is_file()
+"""True when segexp runs from a source checkout (editable install, ``PYTHONPATH=src``), False when it runs from
+an installed wheel (``pip install .``)."""
+
+
+def packaged_conf_dir() -> Path:
+    """The copy of the repository's conf/ built into the wheel as ``segexp/conf`` (see pyproject.toml)."""
+    return Path(str(resources.files("segexp").joinpath("conf")))
+
+
+CONF_DIR = REPO_ROOT / "conf" if SOURCE_CHECKOUT else packaged_conf_dir()
+"""The config tree: the checkout's ``conf/`` (edits take effect at once), else the packaged copy."""
 
 
 class ConfigError(ValueError):
@@ -55,10 +69,27 @@ def gpu_mixed_precision() -> str:
     return "bf16-mixed"
 
 
+def default_data_dir() -> str:
+    """``data_dir`` when ``SEGEXP_DATA_DIR`` is not set: ``../shared/data`` beside a source checkout, else
+    ``data`` in the current directory (an installed copy has no repository to be beside)."""
+    return f"{REPO_ROOT}/../shared/data" if SOURCE_CHECKOUT else str(Path.cwd() / "data")
+
+
+def repo_root() -> str:
+    """``${repo_root:}``: the source checkout's root; an installed copy has none, which is an error to use."""
+    if not SOURCE_CHECKOUT:
+        raise ConfigError("${repo_root:} is only defined in a source checkout of segexp (this one is installed "
+                          f"at {PACKAGE_DIR}); use ${{data_dir}} or an absolute path")
+    return str(REPO_ROOT)
+
+
 def register_resolvers() -> None:
-    """Resolvers used by conf/: ``${repo_root:}``, ``${wandb_mode:}`` and ``${gpu_mixed_precision:}``."""
+    """Resolvers used by conf/: ``${default_data_dir:}``, ``${wandb_mode:}`` and ``${gpu_mixed_precision:}``
+    (and ``${repo_root:}`` for configs of a source checkout)."""
     if not OmegaConf.has_resolver("repo_root"):
-        OmegaConf.register_new_resolver("repo_root", lambda: str(REPO_ROOT))
+        OmegaConf.register_new_resolver("repo_root", repo_root)
+    if not OmegaConf.has_resolver("default_data_dir"):
+        OmegaConf.register_new_resolver("default_data_dir", default_data_dir)
     if not OmegaConf.has_resolver("wandb_mode"):
         OmegaConf.register_new_resolver("wandb_mode", wandb_mode)
     if not OmegaConf.has_resolver("gpu_mixed_precision"):

@@ -48,9 +48,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 
-from segexp.config import REPO_ROOT, compose_config, gpu_mixed_precision
+from segexp import atomic
+from segexp.config import REPO_ROOT, SOURCE_CHECKOUT, compose_config, gpu_mixed_precision
 from segexp.training.build import build_datamodule, build_module
-from segexp.training.harness import write_json_atomic
 
 MMSEG_V100_FPS = 1.92
 """mmsegmentation's published inference rate of DeepLabV3-R101-D8 on Cityscapes (V100, fp32, 1024x2048)."""
@@ -385,9 +385,10 @@ def main(argv: list[str] | None = None) -> None:
     gpu = torch.cuda.is_available() and not args.cpu_style
     report = gpu_suite(args) if gpu else cpu_comparison(args)
     device = "gpu" if gpu else "cpu"
-    path = Path(args.json or REPO_ROOT / "outputs" / "bench" / f"bench-{device}.json")
+    outputs = REPO_ROOT / "outputs" if SOURCE_CHECKOUT else Path("outputs")
+    path = Path(args.json or outputs / "bench" / f"bench-{device}.json")
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(path, report)
+    atomic.write_json(path, report)
     print(f"figures written to {path}")
 
 

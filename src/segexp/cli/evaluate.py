@@ -26,7 +26,8 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from segexp.cli.precheck import check_command_line, exit_on_config_error
+from segexp import atomic
+from segexp.cli.precheck import check_command_line, exit_on_config_error, null_choices_as_deletions
 from segexp.config import CONF_DIR, ConfigError
 from segexp.data.datasets.base import SegmentationDataset
 from segexp.training.build import build_datamodule, build_module, validate
@@ -39,7 +40,6 @@ from segexp.training.harness import (
     finish_loggers,
     metrics_payload,
     output_dir_of,
-    write_json_atomic,
 )
 
 
@@ -63,7 +63,7 @@ def run_config(cfg: DictConfig, stored: dict[str, Any]) -> DictConfig:
         run.model.eval_output_stride = cfg.model.eval_output_stride
     run.backbone.pretrained = None  # the checkpoint holds the weights
     run.model.init_from = None
-    for key in ("inference", "trainer", "logger", "output_dir", "seed"):
+    for key in ("inference", "trainer", "logger", "callbacks", "output_dir", "seed"):
         run[key] = cfg.get(key)
     return run
 
@@ -153,7 +153,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
     if saver is not None:
         metrics["predictions_dir"] = str(saver.out_dir)
         metrics["num_predictions"] = count_predictions(saver.out_dir)
-    write_json_atomic(output_dir / "metrics.json", metrics)
+    atomic.write_json(output_dir / "metrics.json", metrics)
     print_summary(metrics, datamodule.val_split, output_dir / "metrics.json")
     return metrics
 
@@ -192,7 +192,9 @@ def require_ckpt(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    """Console entry point: a misspelt key gets a "did you mean" answer before Hydra runs the job."""
+    """Console entry point: ``<group>=null`` becomes Hydra's ``~<group>`` (``logger=null``: no logger), and a
+    misspelt key gets a "did you mean" answer before Hydra runs the job."""
+    sys.argv[1:] = null_choices_as_deletions(sys.argv[1:])
     exit_on_config_error(lambda: check_command_line(sys.argv[1:], "eval"))
     hydra_main()
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from segexp.config import ConfigError, compose_config
+from segexp.config import CONF_DIR, ConfigError, compose_config
 from segexp.training.build import validate
 
 HYDRA_FLAGS_WITHOUT_PRECHECK = ("-m", "--multirun", "-h", "--help", "--hydra-help", "-c", "--cfg", "-i", "--info",
@@ -56,3 +56,12 @@ def exit_on_config_error(check: Callable[[], None]) -> None:
     except ConfigError as err:
         print(f"{Path(sys.argv[0]).name}: {err}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def null_choices_as_deletions(argv: Sequence[str]) -> list[str]:
+    """``argv`` with ``<group>=null`` turned into ``~<group>`` for the config groups of conf/ (``logger=null``:
+    no logger). Hydra 1.3 refuses a null choice on the command line ("Config group override must be a string
+    or a list"); ``~<group>`` is its spelling of "no option of this group"."""
+    groups = {path.name for path in CONF_DIR.iterdir() if path.is_dir()}
+    return [f"~{arg.removesuffix('=null')}" if arg.endswith("=null") and arg.removesuffix("=null") in groups else arg
+            for arg in argv]

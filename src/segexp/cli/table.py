@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 from segexp.tables.report import NoRuns, write_report
 from segexp.tables.spec import (
+    EXPERIMENTS_DIR,
     Profile,
     SpecError,
     TableSpec,
@@ -124,11 +125,20 @@ def command_report(args: argparse.Namespace) -> int:
     return 0 if all(written) or args.table == ALL else 1
 
 
+def require_experiments() -> None:
+    """The table specs, profiles and tracked results live in the repository's experiments/, which a wheel does
+    not carry: segexp-table runs from a source checkout."""
+    if not EXPERIMENTS_DIR.is_dir():
+        raise SpecError(f"no table specs at {EXPERIMENTS_DIR}: segexp-table reads experiments/ of a source "
+                        "checkout; run it from a clone installed with `pip install -e .` (or `make install`)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     extra = args_list[args_list.index("--") + 1:] if "--" in args_list else []
     args = parser().parse_args(args_list[: args_list.index("--")] if "--" in args_list else args_list)
     try:
+        require_experiments()
         if args.command == "list":
             return command_list()
         if args.command == "run":

@@ -17,13 +17,13 @@ from typing import Any
 import hydra
 import pytorch_lightning as pl
 from omegaconf import DictConfig
-from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 
-from segexp.cli.precheck import check_command_line, exit_on_config_error
+from segexp import atomic
+from segexp.cli.precheck import check_command_line, exit_on_config_error, null_choices_as_deletions
 from segexp.config import CONF_DIR
 from segexp.training.build import build_datamodule, build_module, validate
-from segexp.training.callbacks import LastCheckpoint, ValidationExamples
 from segexp.training.harness import (
+    build_callbacks,
     build_loggers,
     build_trainer,
     export_submitit_local_ranks,
@@ -31,24 +31,8 @@ from segexp.training.harness import (
     finish_loggers,
     metrics_payload,
     output_dir_of,
-    write_json_atomic,
 )
 from segexp.training.module import SegmentationModule
-
-
-def checkpoint_callbacks(output_dir: Path) -> list[pl.Callback]:
-    """``last.ckpt`` (the latest state: resume, eval-only rows, ``init_from`` stages) and, separately, the
-    best checkpoint by val mIoU (``best-step*-miou*.ckpt``), both updated after every validation."""
-    best = ModelCheckpoint(
-        dirpath=output_dir / "checkpoints",
-        filename="best-step{step}-miou{val/mIoU:.4f}",
-        auto_insert_metric_name=False,
-        monitor="val/mIoU",
-        mode="max",
-        save_top_k=1,
-        save_last=False,
-    )
-    return [LastCheckpoint(output_dir / "checkpoints"), best]
 
 
 def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
@@ -78,12 +62,10 @@ def run_training(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) -
         datamodule = build_datamodule(cfg)
         module = build_module(cfg, datamodule)
         loggers = build_loggers(cfg, output_dir)
-        callbacks = [*checkpoint_callbacks(output_dir), ValidationExamples(), *extra_callbacks]
-        if loggers:
-            callbacks.append(LearningRateMonitor(logging_interval="step"))
         failed = True
         start = time.perf_counter()
         try:
+            callbacks = [*build_callbacks(cfg, loggers), *extra_callbacks]
             trainer = build_trainer(cfg, output_dir, loggers, callbacks)
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
             if module.last_val_step != trainer.global_step and not trainer.interrupted:
@@ -93,7 +75,7 @@ def run_training(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) -
             finish_loggers(loggers, failed)
     metrics = metrics_payload(module, trainer, datamodule.batch_size, time.perf_counter() - start, output_dir)
     if trainer.is_global_zero and not failed:
-        write_json_atomic(output_dir / "metrics.json", metrics)
+        atomic.write_json(output_dir / "metrics.json", metrics)
         print_summary(output_dir, metrics, loggers)
     return metrics
 
@@ -125,7 +107,9 @@ def hydra_main(cfg: DictConfig) -> float:
 
 
 def main() -> None:
-    """Console entry point: a misspelt key gets a "did you mean" answer before Hydra runs the job."""
+    """Console entry point: ``<group>=null`` becomes Hydra's ``~<group>`` (``logger=null``: no logger), and a
+    misspelt key gets a "did you mean" answer before Hydra runs the job."""
+    sys.argv[1:] = null_choices_as_deletions(sys.argv[1:])
     exit_on_config_error(lambda: check_command_line(sys.argv[1:], "train"))
     hydra_main()
 

@@ -14,17 +14,16 @@ fallback folder (the run dir) when the root is not writable or the dataset has n
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from segexp import atomic
 from segexp.data.datasets.base import IGNORE_INDEX, SegmentationDataset, check_label_values, load_label
 
 log = logging.getLogger(__name__)
@@ -118,16 +117,12 @@ def read_cache(path: Path, identity: dict[str, Any]) -> list[list[int]] | None:
 
 
 def write_cache(path: Path, identity: dict[str, Any], presence: list[list[int]]) -> bool:
-    """Write the cache atomically (temporary file + ``os.replace``); False when the folder is not writable."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    """Write the cache atomically (:mod:`segexp.atomic`); False when the folder is not writable."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps({"identity": identity, "present": presence}) + "\n")
-        os.replace(tmp, path)
+        atomic.write_json(path, {"identity": identity, "present": presence}, indent=None)
     except OSError as err:
         log.info("cannot write class-presence cache %s (%s)", path, err)
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
         return False
     return True
 

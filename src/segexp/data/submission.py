@@ -17,7 +17,6 @@ transform never resizes).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -83,12 +82,3 @@ def submission_name(image_path: str | Path | None, index: int) -> str:
         return f"{index:06d}.png"
     return f"{Path(image_path).stem}.png"
 
-
-def save_png_atomic(image: Image.Image, path: Path) -> None:
-    """Write ``image`` as PNG through a temporary file and ``os.replace`` (no partial files on a crash)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        image.save(tmp, format="PNG")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

@@ -14,13 +14,13 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, open_dict
 
+from segexp import atomic
 from segexp.data.datamodule import SegmentationDataModule
 from segexp.models.build import build_segmentor
 from segexp.tables.plan import Job, compose
 from segexp.tables.spec import MEASURABLE
 from segexp.tables.store import METRICS_FILE, read_json
 from segexp.training.build import build_datamodule
-from segexp.training.harness import write_json_atomic
 
 WARMUP_PASSES = 2
 TIMED_PASSES = 5
@@ -84,5 +84,5 @@ def add_measurements(job: Job) -> bool:
         return False
     measured = measure_model(compose(job.overrides, job.seed))
     wanted = {k: v for k, v in measured.items() if k in job.row.measure or k not in MEASURABLE}
-    write_json_atomic(path, {**metrics, **wanted})
+    atomic.write_json(path, {**metrics, **wanted})
     return True

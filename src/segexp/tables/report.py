@@ -3,7 +3,7 @@
 Per row and metric (in the paper's units, e.g. mIoU x 100): the paper value, the measured mean +- sample
 std over seeds, measured - paper, and against the baseline row the paper's delta, the measured delta and
 a verdict on whether the measured seeds reproduce the paper's delta (:func:`verdict`), plus the run's
-protocol warnings and its seed folders. Files are written atomically (temporary file + ``os.replace``).
+protocol warnings and its seed folders. Files are written atomically (:mod:`segexp.atomic`).
 
 Where: a profile with ``evidence: true`` (proxy, full) writes ``experiments/results/<id>.<profile>.*``,
 tracked evidence; any other (smoke) writes scratch output to ``outputs/tables/reports/`` (under
@@ -15,7 +15,6 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
 import statistics
 import time
 from collections.abc import Sequence
@@ -23,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from segexp import atomic
 from segexp.tables.spec import (
     DELTA,
     PER_CLASS_PREFIX,
@@ -384,15 +384,8 @@ def per_class_chart(report: TableReport) -> Figure:
 
 
 def render_png(report: TableReport, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    chart(report).savefig(tmp, format="png", dpi=100)
-    os.replace(tmp, path)
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    figure = chart(report)
+    atomic.write_with(path, lambda tmp: figure.savefig(tmp, format="png", dpi=100))
 
 
 def report_dir(profile: Profile) -> Path:
@@ -415,7 +408,7 @@ def write_report(spec: TableSpec, profile: Profile, base_dir: Path | None = None
     results_dir = results_dir or report_dir(profile)
     results_dir.mkdir(parents=True, exist_ok=True)
     paths = {suffix: results_dir / f"{spec.id}.{profile.name}.{suffix}" for suffix in ("md", "csv", "png")}
-    write_text_atomic(paths["md"], render_markdown(report))
-    write_text_atomic(paths["csv"], render_csv(report))
+    atomic.write_text(paths["md"], render_markdown(report))
+    atomic.write_text(paths["csv"], render_csv(report))
     render_png(report, paths["png"])
     return paths

@@ -9,9 +9,11 @@ Each row is a generated config ``<profile dir>/.table_rows/table_row/<row>/seed<
 overrides as a ``# @package _global_`` file) put on Hydra's search path, so one command line covers
 every row: ``python -m segexp.cli.train -m +table_row=a/seed0,b/seed0 hydra.sweep.subdir=<choice>``.
 Hydra's basic launcher runs every job and raises at the end when one failed, so a failing row does not
-stop the others. Before launching, a row whose folder holds a ``metrics.json`` written under the same
-config hash (``table_row.json``) is skipped, so a re-run after an interruption runs only what is missing
-(and resumes a killed row from its ``last.ckpt``). Distributed rows run as their own process (see
+stop the others. Each job's outcome is read from its folder: ``metrics.json`` when it finished, else the
+``job_status.json`` that Hydra's job callback (:mod:`segexp.cli.job_status`) wrote with the job's error.
+Before launching, a row whose folder holds a ``metrics.json`` written under the same config hash
+(``table_row.json``) is skipped, so a re-run after an interruption runs only what is missing (and resumes
+a killed row from its ``last.ckpt``). Distributed rows run as their own process (see
 :func:`segexp.tables.plan.needs_own_process`), except under a submitit launcher, where each row's sweep
 asks for one task per DDP rank (see :func:`sweep_groups`).
 """
@@ -32,6 +34,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from segexp import atomic
 from segexp.tables.plan import (
     CHECKPOINTS,
     EVAL,
@@ -45,8 +48,15 @@ from segexp.tables.plan import (
     split_hydra,
 )
 from segexp.tables.spec import Profile, Row, SpecError, TableSpec, display_path, override_key
-from segexp.tables.store import ERROR_FILE, METRICS_FILE, NOT_RUN_FILE, TABLE_ROW_FILE, profile_dir, read_json
-from segexp.training.harness import write_json_atomic
+from segexp.tables.store import (
+    ERROR_FILE,
+    JOB_STATUS_FILE,
+    METRICS_FILE,
+    NOT_RUN_FILE,
+    TABLE_ROW_FILE,
+    profile_dir,
+    read_json,
+)
 
 ROWS_FOLDER = ".table_rows"
 LOGS_FOLDER = "_logs"
@@ -54,8 +64,6 @@ LOCK_FILE = ".lock"
 RESUMABLE_ERRORS = ("KeyboardInterrupt",)
 """error.json errors after which a row resumes from last.ckpt instead of starting over."""
 MODULES = {TRAIN: "segexp.cli.train", EVAL: "segexp.cli.evaluate"}
-JOB_ERROR = re.compile(r"Error executing job with overrides: \[(?P<overrides>[^\]]*)\]\n(?P<body>.*?)"
-                       r"(?=\nSet the environment variable HYDRA_FULL_ERROR|\nError executing job|\Z)", re.S)
 
 
 @dataclass(frozen=True)
@@ -137,7 +145,7 @@ def prepare(job: Job, spec: TableSpec, profile: Profile, rows_dir: Path, prune: 
     """Set old results aside (never deleted) and write the row config and ``table_row.json``."""
     resume = can_resume(job)
     job.run_dir.mkdir(parents=True, exist_ok=True)
-    for name in (METRICS_FILE, ERROR_FILE):
+    for name in (METRICS_FILE, ERROR_FILE, JOB_STATUS_FILE):
         old = job.run_dir / name
         if old.is_file():
             os.replace(old, old.with_name(old.stem + ".prev.json"))
@@ -146,10 +154,8 @@ def prepare(job: Job, spec: TableSpec, profile: Profile, rows_dir: Path, prune: 
         values["ckpt_path"] = "last"
     row_file = rows_dir / "table_row" / job.row.name / f"seed{job.seed}.yaml"
     row_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = row_file.with_suffix(".tmp")
-    tmp.write_text(row_file_text(job.overrides, values))
-    os.replace(tmp, row_file)
-    write_json_atomic(job.run_dir / TABLE_ROW_FILE, {
+    atomic.write_text(row_file, row_file_text(job.overrides, values))
+    atomic.write_json(job.run_dir / TABLE_ROW_FILE, {
         "table": spec.id, "profile": profile.name, "row": job.row.name, "seed": job.seed, "kind": job.kind,
         "config_hash": job.config_hash, "overrides": list(job.overrides), "resumed": resume,
         "warnings": list(job.warnings), "prune": prune,
@@ -185,49 +191,42 @@ def single_command(job: Job, rows_dir: Path, hydra_extra: Sequence[str]) -> list
             f"hydra.run.dir={hydra_quote(str(job.run_dir))}", *hydra_args(rows_dir, None, hydra_extra)]
 
 
-def run_logged(command: Sequence[str], log_path: Path, quiet: bool) -> tuple[int, str]:
-    """Run ``command``, echoing (unless ``quiet``) and saving its output; (exit code, output)."""
+def run_logged(command: Sequence[str], log_path: Path, quiet: bool) -> int:
+    """Run ``command``, echoing (unless ``quiet``) and saving its output; its exit code."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    lines: list[str] = []
     with log_path.open("w") as log, subprocess.Popen(
         list(command), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
     ) as proc:
         log.write(" ".join(command) + "\n\n")
         for line in proc.stdout:
             log.write(line)
-            lines.append(line)
             if not quiet:
                 sys.stdout.write(line)
-        code = proc.wait()
-    return code, "".join(lines)
+        return proc.wait()
 
 
-def job_errors(output: str) -> dict[str, str]:
-    """``{table_row choice: last line of its traceback}`` from Hydra's multirun error reports."""
-    errors = {}
-    for match in JOB_ERROR.finditer(output):
-        choice = re.search(r"\+table_row=([\w/]+)", match.group("overrides"))
-        lines = [line for line in match.group("body").splitlines() if line.strip()]
-        if choice and lines:
-            errors[choice.group(1)] = lines[-1].strip()
-    return errors
+def failure_reason(run_dir: Path, code: int) -> str:
+    """Why a launched job left no metrics.json: the error in its ``job_status.json`` (Hydra's own record of the
+    job, :mod:`segexp.cli.job_status`), else the one in its ``error.json`` (a job stopped by Ctrl-C or a kill), else
+    the launch's exit code (a job that never started)."""
+    status = read_json(run_dir / JOB_STATUS_FILE) or {}
+    if status.get("status") == "FAILED" and status.get("error"):
+        return str(status["error"])
+    recorded = (read_json(run_dir / ERROR_FILE) or {}).get("error")
+    if recorded:
+        return str(recorded)
+    if status.get("status") == "COMPLETED":
+        return f"the job completed without writing {METRICS_FILE} (interrupted?)"
+    return f"exit code {code}, no {METRICS_FILE}"
 
 
-def last_error_line(output: str) -> str | None:
-    lines = [ln for ln in output.split("\nSet the environment variable HYDRA_FULL_ERROR")[0].splitlines() if ln.strip()]
-    return lines[-1].strip() if lines else None
-
-
-def collect(jobs: Sequence[Job], code: int, output: str, log: Path, result: RunResult) -> None:
-    """Sort launched jobs into ``ran`` and ``failed`` (error.json, Hydra's report, or the exit code)."""
-    errors = job_errors(output)
+def collect(jobs: Sequence[Job], code: int, log: Path, result: RunResult) -> None:
+    """Sort launched jobs into ``ran`` and ``failed`` (with :func:`failure_reason` and the launch's log)."""
     for job in jobs:
         if is_done(job):
             result.ran.append(job.label)
-            continue
-        recorded = (read_json(job.run_dir / ERROR_FILE) or {}).get("error")
-        reason = recorded or errors.get(job.choice) or (last_error_line(output) if len(jobs) == 1 else None)
-        result.failed[job.label] = f"{reason or f'exit code {code}, no {METRICS_FILE}'} (log: {display_path(log)})"
+        else:
+            result.failed[job.label] = f"{failure_reason(job.run_dir, code)} (log: {display_path(log)})"
 
 
 def job_launcher_overrides(job: Job, hydra_extra: Sequence[str]) -> tuple[str, ...]:
@@ -260,12 +259,10 @@ def launch(kind: str, jobs: Sequence[Job], how: Launch, result: RunResult) -> No
     for resources, group in sweep_groups([j for j in jobs if not j.own_process], how.hydra_extra):
         log = how.log(sweep_log_name(kind, resources))
         command = sweep_command(kind, group, how.base_dir, how.rows_dir, how.launcher, [*resources, *how.hydra_extra])
-        code, output = run_logged(command, log, how.quiet)
-        collect(group, code, output, log, result)
+        collect(group, run_logged(command, log, how.quiet), log, result)
     for job in (j for j in jobs if j.own_process):
         log = how.log(f"{kind}-{job.row.name}-seed{job.seed}")
-        code, output = run_logged(single_command(job, how.rows_dir, how.hydra_extra), log, how.quiet)
-        collect([job], code, output, log, result)
+        collect([job], run_logged(single_command(job, how.rows_dir, how.hydra_extra), log, how.quiet), log, result)
 
 
 def select_rows(spec: TableSpec, names: Sequence[str] | None) -> list[Row]:
@@ -462,7 +459,7 @@ def record_not_run(base_dir: Path, rows: Sequence[Row], reasons: dict[str, str])
         path = base_dir / row.name / NOT_RUN_FILE
         if row.runnable and row.name in reasons:
             path.parent.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(path, {"reason": reasons[row.name]})
+            atomic.write_json(path, {"reason": reasons[row.name]})
         else:
             path.unlink(missing_ok=True)
 

@@ -2,8 +2,9 @@
 
 Layout (written by :mod:`segexp.tables.runner`): ``outputs/tables/<id>/<profile>/<row>/seed<k>/`` with
 ``metrics.json`` (segexp-train / segexp-eval), ``table_row.json`` (the runner's record: config hash,
-overrides, warnings) and, for a failed run, ``error.json``. Reports of profiles that are not evidence
-(``evidence: false``, e.g. smoke) are scratch output in ``outputs/tables/reports/``.
+overrides, warnings), ``job_status.json`` (how the Hydra job ended) and, for a failed run, ``error.json``.
+Reports of profiles that are not evidence (``evidence: false``, e.g. smoke) are scratch output in
+``outputs/tables/reports/``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from typing import Any
 TABLE_ROW_FILE = "table_row.json"
 METRICS_FILE = "metrics.json"
 ERROR_FILE = "error.json"
+JOB_STATUS_FILE = "job_status.json"
+"""How the Hydra job ended (COMPLETED / FAILED with the error), written by :mod:`segexp.cli.job_status`."""
 NOT_RUN_FILE = "not_run.json"
 """In a row folder: why the last ``segexp-table run`` could not run the row under this profile."""
 SEED_DIR = re.compile(r"^seed(\d+)$")

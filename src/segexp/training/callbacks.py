@@ -3,7 +3,6 @@ evaluation servers."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +13,9 @@ from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
 from pytorch_lightning.trainer.states import TrainerFn
 from torch import Tensor
 
+from segexp import atomic
 from segexp.data.datasets.base import IGNORE_INDEX, SegmentationDataset
-from segexp.data.submission import save_png_atomic, submission_name, submission_png
+from segexp.data.submission import submission_name, submission_png
 
 
 class LastCheckpoint(pl.Callback):
@@ -24,8 +24,8 @@ class LastCheckpoint(pl.Callback):
 
     (Lightning's ``ModelCheckpoint(save_last=True)`` writes ``last.ckpt`` only when it also writes a top-k
     checkpoint, so with ``monitor`` set it lags behind whenever the metric did not improve.) The file is
-    written beside itself as ``last.ckpt.tmp`` and renamed over the old one, so an interrupted write never
-    replaces a good checkpoint with a torn one.
+    written to a temporary file beside it and renamed over the old one (:mod:`segexp.atomic`), so an
+    interrupted write never replaces a good checkpoint with a torn one.
     """
 
     FILENAME = "last.ckpt"
@@ -42,10 +42,11 @@ class LastCheckpoint(pl.Callback):
         """Write the trainer's full state (weights, optimizer, loops, callbacks) to ``last.ckpt``."""
         if self.saved_step == trainer.global_step:
             return
-        tmp = self.path.with_name(self.FILENAME + ".tmp")
-        trainer.save_checkpoint(tmp)  # every rank takes part; rank 0 writes
         if trainer.is_global_zero:
-            os.replace(tmp, self.path)
+            with atomic.atomic_path(self.path) as tmp:
+                trainer.save_checkpoint(tmp)
+        else:  # every rank takes part in gathering the state; only rank 0 writes a file
+            trainer.save_checkpoint(self.path)
         trainer.strategy.barrier("LastCheckpoint.save")
         self.saved_step = trainer.global_step
 
@@ -163,7 +164,7 @@ class SavePredictions(pl.Callback):
             prediction = predictions[k, :height, :width]
             image_path = dataset.samples[index][0] if dataset.samples else None
             png = submission_png(prediction, type(dataset))
-            save_png_atomic(png, self.out_dir / submission_name(image_path, index))
+            atomic.write_png(self.out_dir / submission_name(image_path, index), png)
             self.written += 1
 
 

@@ -1,9 +1,13 @@
-"""Shared run plumbing for segexp-train and segexp-eval: loggers, trainer, metrics.json."""
+"""Shared run plumbing for segexp-train and segexp-eval: loggers, callbacks, trainer, metrics.json.
+
+The ``logger`` and ``callbacks`` config nodes hold named entries, one object each (``logger.wandb``,
+``logger.csv``, ``callbacks.last``, ...): every file of ``conf/logger`` and ``conf/callbacks`` adds its entries,
+so ``logger=[wandb,csv]`` selects two loggers, ``~callbacks.examples`` removes one callback and
+``+callbacks.<name>._target_=...`` adds one.
+"""
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import subprocess
 import traceback
@@ -19,9 +23,11 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import Checkpoint, LearningRateMonitor
 from pytorch_lightning.loggers import Logger, WandbLogger
 
-from segexp.config import REPO_ROOT
+from segexp import atomic
+from segexp.config import REPO_ROOT, SOURCE_CHECKOUT, ConfigError
 from segexp.tables.store import ERROR_FILE
 
 
@@ -33,21 +39,63 @@ def hydra_job_names(output_dir: Path) -> tuple[str | None, str]:
     return None, output_dir.name
 
 
-def build_loggers(cfg: DictConfig, output_dir: Path) -> list[Logger]:
-    """The ``logger`` node (one logger, or null) with per-job group/name for wandb. The resolved config is
-    logged as the run's hyper-parameters (wandb's config, TensorBoard's hparams, the CSV logger's
-    hparams.yaml), so the runs of a sweep can be grouped and filtered by their settings."""
-    node = cfg.get("logger")
+def named_entries(cfg: DictConfig, key: str) -> list[tuple[str, DictConfig]]:
+    """The ``<name>: {_target_: ...}`` entries of ``cfg[key]`` in config order; none when the node is absent
+    or null, and a null entry is skipped. A node or entry of another shape raises :class:`ConfigError`
+    naming its key."""
+    node = cfg.get(key)
     if node is None:
         return []
+    if not isinstance(node, DictConfig) or "_target_" in node:
+        raise ConfigError(f"{key}: expected named entries ({key}.<name>._target_=...), as in the files of "
+                          f"conf/{key}/, got {node!r}")
+    entries = []
+    for name in node:
+        entry = node[name]
+        if entry is None:
+            continue
+        if not isinstance(entry, DictConfig) or "_target_" not in entry:
+            raise ConfigError(f"{key}.{name}: expected a node with a _target_ (the class to build), got {entry!r}")
+        entries.append((str(name), entry))
+    return entries
+
+
+def build_loggers(cfg: DictConfig, output_dir: Path) -> list[Logger]:
+    """One logger per entry of the ``logger`` node (none for ``logger=null``), wandb with its group/name per
+    Hydra job. The resolved config is logged to every logger as the run's hyper-parameters (wandb's config,
+    TensorBoard's hparams, the CSV logger's hparams.yaml), so the runs of a sweep can be grouped and filtered
+    by their settings. When one fails to start, those already started are closed (marked failed)."""
+    loggers: list[Logger] = []
+    try:
+        for _, node in named_entries(cfg, "logger"):
+            loggers.append(build_logger(node, output_dir))
+        hyperparameters = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+        for logger in loggers:
+            logger.log_hyperparams(hyperparameters)
+    except BaseException:
+        finish_loggers(loggers, failed=True)
+        raise
+    return loggers
+
+
+def build_logger(node: DictConfig, output_dir: Path) -> Logger:
     kwargs: dict[str, Any] = {}
     if str(node.get("_target_", "")).endswith("WandbLogger"):
         group, name = hydra_job_names(output_dir)
         kwargs = {"group": node.get("group") or group, "name": node.get("name") or name}
         (output_dir / "wandb").mkdir(parents=True, exist_ok=True)
-    logger = instantiate(node, **kwargs)
-    logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False))
-    return [logger]
+    return instantiate(node, **kwargs)
+
+
+def build_callbacks(cfg: DictConfig, loggers: Sequence[Logger]) -> list[pl.Callback]:
+    """One Lightning callback per entry of the ``callbacks`` node (conf/callbacks/default.yaml: last.ckpt, the
+    best checkpoint, validation examples, LR monitor), in config order."""
+    callbacks = [instantiate(node) for _, node in named_entries(cfg, "callbacks")]
+    if not loggers:
+        # Lightning raises at the start of fit when a LearningRateMonitor has no logger to write to
+        # (logger=null, debug=fdr): without loggers there is no LR curve to draw, so the monitor is dropped.
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    return callbacks
 
 
 def finish_loggers(loggers: Sequence[Logger], failed: bool) -> None:
@@ -109,12 +157,16 @@ def export_submitit_local_ranks() -> None:
 def build_trainer(
     cfg: DictConfig, output_dir: Path, loggers: list[Logger], callbacks: list[pl.Callback]
 ) -> pl.Trainer:
+    """The ``trainer`` node with the run's loggers and callbacks. Checkpoints are only those of ``callbacks``:
+    without a Lightning checkpoint callback among them (``~callbacks.best``), Lightning's own default one,
+    which would write ``epoch=*-step=*.ckpt`` files, is turned off."""
     return instantiate(
         cfg.trainer,
         log_every_n_steps=log_interval(cfg),
         default_root_dir=str(output_dir),
         logger=loggers or False,
         callbacks=callbacks,
+        enable_checkpointing=any(isinstance(c, Checkpoint) for c in callbacks),
         sync_batchnorm=effective_sync_batchnorm(cfg),
     )
 
@@ -127,6 +179,10 @@ def log_interval(cfg: DictConfig) -> int:
 
 
 def git_commit() -> str | None:
+    """The source checkout's commit; None for an installed copy (whatever repository the current directory
+    or the environment sits in is not the code that ran)."""
+    if not SOURCE_CHECKOUT:
+        return None
     try:
         out = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=5
@@ -173,28 +229,6 @@ def _device_name(trainer: pl.Trainer) -> str:
     return root.type
 
 
-def json_safe(value: Any) -> Any:
-    """``value`` with every non-finite float (NaN, +-inf) in it, at any depth, replaced by None (JSON null)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {key: json_safe(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(item) for item in value]
-    return value
-
-
-def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    """Write JSON through a temporary file so a crash never leaves a truncated file behind.
-
-    Non-finite floats (e.g. the NaN mIoU of a split without labelled pixels) are written as null: the
-    file stays valid JSON, which has no NaN token.
-    """
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(json_safe(payload), indent=2, sort_keys=False, allow_nan=False) + "\n")
-    os.replace(tmp, path)
-
-
 @contextmanager
 def failure_record(output_dir: Path, step: Callable[[], int] = lambda: 0) -> Iterator[None]:
     """Any exception inside -- a bad config, a missing dataset, a crash or interrupt while training --
@@ -204,7 +238,7 @@ def failure_record(output_dir: Path, step: Callable[[], int] = lambda: 0) -> Ite
     try:
         yield
     except BaseException as err:
-        write_json_atomic(output_dir / ERROR_FILE, {
+        atomic.write_json(output_dir / ERROR_FILE, {
             "error": f"{type(err).__name__}: {err}", "step": step(), "traceback": traceback.format_exc(),
         })
         raise

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from segexp.data.convert.coco_masks import annotation_mask
-from segexp.data.convert.sbd_to_voc import write_lines_atomic, write_png_atomic
+from segexp.data.convert.sbd_to_voc import write_label_png, write_split_file
 from segexp.data.datasets.base import IGNORE_INDEX, DatasetError, check_split, read_split_file
 from segexp.data.datasets.voc import VOC_CLASSES
 
@@ -133,11 +133,11 @@ def convert_split(root: Path, out: Path, split: str) -> int:
         if largest == 0:
             continue  # no non-crowd VOC-class instance: never selected
         stem = Path(str(info["file_name"])).stem
-        write_png_atomic(label, label_dir / f"{stem}.png")
+        write_label_png(label, label_dir / f"{stem}.png")
         lines.append(f"{stem} {largest}")
         if len(lines) % 1000 == 0:
             log.info("%s: wrote %d label PNGs", split, len(lines))
-    write_lines_atomic(lines, out / LABEL_FOLDER / f"{split}.txt")
+    write_split_file(lines, out / LABEL_FOLDER / f"{split}.txt")
     return len(lines)
 
 

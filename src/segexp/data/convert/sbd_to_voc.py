@@ -5,14 +5,13 @@ It writes ``voc_root/SegmentationClassAug/<id>.png`` (single-channel class indic
 (ids of SBD ``train.txt`` and ``val.txt``) and for every VOC ``train``/``val`` image; where both exist the
 official VOC label wins (it carries the 255 object borders). The splits are
 ``ImageSets/SegmentationAug/train_aug.txt`` = (SBD train | SBD val | VOC train) - VOC val, sorted, and
-``val.txt`` = VOC val (10,582 and 1,449 images on the real data). Every file is written to a temporary
-name and moved into place with ``os.replace``, so an interrupted run leaves no partial file.
+``val.txt`` = VOC val (10,582 and 1,449 images on the real data). Every file is written atomically
+(:mod:`segexp.atomic`), so an interrupted run leaves no partial file.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import numpy as np
 import scipy.io
 from PIL import Image
 
+from segexp import atomic
 from segexp.data.datasets.base import IGNORE_INDEX, DatasetError, load_label, read_split_file
 from segexp.data.datasets.voc import VOC_CLASSES
 
@@ -49,24 +49,14 @@ def check_voc_values(label: np.ndarray, path: Path) -> np.ndarray:
     return label.astype(np.uint8)
 
 
-def write_png_atomic(label: np.ndarray, path: Path) -> None:
-    """Write a single-channel uint8 PNG via a temporary file and ``os.replace``."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        Image.fromarray(label, mode="L").save(tmp, format="PNG")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+def write_label_png(label: np.ndarray, path: Path) -> None:
+    """Write a single-channel uint8 label PNG atomically."""
+    atomic.write_png(path, Image.fromarray(label, mode="L"))
 
 
-def write_lines_atomic(lines: Sequence[str], path: Path) -> None:
-    """Write one item per line via a temporary file and ``os.replace``."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text("".join(f"{line}\n" for line in lines))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+def write_split_file(lines: Sequence[str], path: Path) -> None:
+    """Write one item per line atomically."""
+    atomic.write_text(path, "".join(f"{line}\n" for line in lines))
 
 
 def aug_splits(
@@ -94,10 +84,10 @@ def convert_sbd(sbd_root: Path, voc_root: Path) -> int:
     written = 0
     for name in voc_ids:
         path = voc_root / "SegmentationClass" / f"{name}.png"
-        write_png_atomic(check_voc_values(load_label(path), path), out_dir / f"{name}.png")
+        write_label_png(check_voc_values(load_label(path), path), out_dir / f"{name}.png")
         written += 1
     for name in sbd_only:
-        write_png_atomic(load_sbd_mat(sbd_root / "cls" / f"{name}.mat"), out_dir / f"{name}.png")
+        write_label_png(load_sbd_mat(sbd_root / "cls" / f"{name}.mat"), out_dir / f"{name}.png")
         written += 1
         if written % 1000 == 0:
             log.info("wrote %d label PNGs", written)
@@ -105,7 +95,7 @@ def convert_sbd(sbd_root: Path, voc_root: Path) -> int:
     train_aug, val = aug_splits(sbd_train, sbd_val, voc_train, voc_val)
     split_dir = voc_root / "ImageSets" / "SegmentationAug"
     split_dir.mkdir(parents=True, exist_ok=True)
-    write_lines_atomic(train_aug, split_dir / "train_aug.txt")
-    write_lines_atomic(val, split_dir / "val.txt")
+    write_split_file(train_aug, split_dir / "train_aug.txt")
+    write_split_file(val, split_dir / "val.txt")
     log.info("wrote %d label PNGs to %s; train_aug %d, val %d", written, out_dir, len(train_aug), len(val))
     return written
