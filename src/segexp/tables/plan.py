@@ -35,8 +35,10 @@ SINGLE_NODE_LAUNCHERS = (None, BASIC_LAUNCHER, SUBMITIT_LOCAL)
 GPU_ACCELERATORS = ("gpu", "cuda")
 HASH_OUTPUT_DIR = "/segexp-table-row"
 """output_dir used when composing for the hash, so the hash does not depend on where outputs live."""
-HASH_EXCLUDED = ("output_dir", "logger", "ckpt_path", "ckpt")
-"""Keys that do not change a row's result (where it is written, how it is logged, resume/ckpt paths)."""
+HASH_EXCLUDED = ("output_dir", "logger", "ckpt_path", "ckpt", "seed")
+"""Keys that do not identify a row's config: where it is written, how it is logged, resume/ckpt paths, and the
+seed (the seed folder says it), so that the seeds of one row share a hash and a report can tell seeds run
+under an older config from the current ones."""
 
 
 def _prefix(override: str) -> str:
