@@ -259,3 +259,14 @@ def test_heads_read_the_features_named_by_in_keys(make_cfg) -> None:
     assert channels == [256, 512]
     two = Segmentor(backbone, TwoStageHead(channels, 3, output_stride=16)).eval()
     assert two.forward_raw(torch.randn(1, 3, 64, 64))["out"].shape == (1, 3, 4, 4)
+
+
+@pytest.mark.parametrize("head", ["ASPPHead", "FCNHead", "PACHead"])
+def test_one_feature_heads_refuse_several_in_keys(head: str) -> None:
+    from segexp.models.heads.aspp import ASPPHead
+    from segexp.models.heads.fcn import FCNHead
+    from segexp.models.heads.pac import PACHead
+
+    cls = {"ASPPHead": ASPPHead, "FCNHead": FCNHead, "PACHead": PACHead}[head]
+    with pytest.raises(ValueError, match=rf"{head} reads one feature map, got in_keys=\['layer3', 'out'\]"):
+        cls(64, 3, output_stride=16, in_keys=["layer3", "out"])

@@ -18,7 +18,6 @@ to score: the evaluation server computes the scores from the PNGs.
 from __future__ import annotations
 
 import math
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from segexp import atomic
-from segexp.cli.precheck import check_command_line, exit_on_config_error, null_choices_as_deletions
+from segexp.cli.precheck import exit_on_config_error, run_cli
 from segexp.config import CONF_DIR, ConfigError
 from segexp.data.datasets.base import SegmentationDataset
 from segexp.training.build import build_datamodule, build_module, validate
@@ -192,11 +191,8 @@ def require_ckpt(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    """Console entry point: ``<group>=null`` becomes Hydra's ``~<group>`` (``logger=null``: no logger), and a
-    misspelt key gets a "did you mean" answer before Hydra runs the job."""
-    sys.argv[1:] = null_choices_as_deletions(sys.argv[1:])
-    exit_on_config_error(lambda: check_command_line(sys.argv[1:], "eval"))
-    hydra_main()
+    """Console entry point (see :func:`segexp.cli.precheck.run_cli`)."""
+    run_cli(hydra_main, "eval")
 
 
 if __name__ == "__main__":

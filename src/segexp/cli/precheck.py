@@ -65,3 +65,11 @@ def null_choices_as_deletions(argv: Sequence[str]) -> list[str]:
     groups = {path.name for path in CONF_DIR.iterdir() if path.is_dir()}
     return [f"~{arg.removesuffix('=null')}" if arg.endswith("=null") and arg.removesuffix("=null") in groups else arg
             for arg in argv]
+
+
+def run_cli(hydra_main: Callable[[], object], config_name: str) -> None:
+    """A console entry point's steps before Hydra: ``<group>=null`` becomes Hydra's ``~<group>`` (``logger=null``:
+    no logger), and a misspelt key gets a "did you mean" answer (exit status 2) before Hydra runs the job."""
+    sys.argv[1:] = null_choices_as_deletions(sys.argv[1:])
+    exit_on_config_error(lambda: check_command_line(sys.argv[1:], config_name))
+    hydra_main()

@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,7 +18,7 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig
 
 from segexp import atomic
-from segexp.cli.precheck import check_command_line, exit_on_config_error, null_choices_as_deletions
+from segexp.cli.precheck import run_cli
 from segexp.config import CONF_DIR
 from segexp.training.build import build_datamodule, build_module, validate
 from segexp.training.harness import (
@@ -107,11 +106,8 @@ def hydra_main(cfg: DictConfig) -> float:
 
 
 def main() -> None:
-    """Console entry point: ``<group>=null`` becomes Hydra's ``~<group>`` (``logger=null``: no logger), and a
-    misspelt key gets a "did you mean" answer before Hydra runs the job."""
-    sys.argv[1:] = null_choices_as_deletions(sys.argv[1:])
-    exit_on_config_error(lambda: check_command_line(sys.argv[1:], "train"))
-    hydra_main()
+    """Console entry point (see :func:`segexp.cli.precheck.run_cli`)."""
+    run_cli(hydra_main, "train")
 
 
 if __name__ == "__main__":

@@ -40,6 +40,14 @@ def scaled_size(size: Sequence[int], scale: float) -> tuple[int, int]:
     return max(1, math.floor(size[0] * scale + 0.5)), max(1, math.floor(size[1] * scale + 0.5))
 
 
+def single_feature_keys(in_keys: Sequence[str], head: str) -> tuple[str]:
+    """``in_keys`` of a head that reads one feature map, as a tuple; a ValueError naming ``head`` otherwise."""
+    keys = tuple(in_keys)
+    if len(keys) != 1:
+        raise ValueError(f"{head} reads one feature map, got in_keys={list(keys)}")
+    return keys
+
+
 def head_input(features: dict[str, Tensor], head: nn.Module) -> Tensor | list[Tensor]:
     """The backbone features a head reads, by its ``in_keys`` (default the last stage, ``"out"``): the one
     tensor for a one-key head, else the list in ``in_keys`` order."""

@@ -32,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from segexp.models.segmentor import single_feature_keys
+
 DEFAULT_RATES = (6, 12, 18)
 
 
@@ -104,9 +106,7 @@ class ASPPHead(nn.Module):
         in_keys: Sequence[str] = ("out",),
     ) -> None:
         super().__init__()
-        self.in_keys = tuple(in_keys)  # the backbone feature it reads (one)
-        if len(self.in_keys) != 1:
-            raise ValueError(f"ASPPHead reads one feature map, got in_keys={list(self.in_keys)}")
+        self.in_keys = single_feature_keys(in_keys, "ASPPHead")  # the backbone feature it reads
         self.rates = tuple(int(r) for r in (DEFAULT_RATES if rates is None else rates))
         if any(r < 1 for r in self.rates):
             raise ValueError(f"ASPP rates must be positive integers, got {list(self.rates)}")

@@ -17,6 +17,8 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
+from segexp.models.segmentor import single_feature_keys
+
 
 class FCNHead(nn.Module):
     """Classifier head mapping (B, in_channels, h, w) features to (B, num_classes, h, w) logits."""
@@ -33,9 +35,7 @@ class FCNHead(nn.Module):
         in_keys: Sequence[str] = ("out",),
     ) -> None:
         super().__init__()
-        self.in_keys = tuple(in_keys)  # the backbone feature it reads (one)
-        if len(self.in_keys) != 1:
-            raise ValueError(f"FCNHead reads one feature map, got in_keys={list(self.in_keys)}")
+        self.in_keys = single_feature_keys(in_keys, "FCNHead")  # the backbone feature it reads
         if kernel_size < 1 or kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be a positive odd integer, got {kernel_size}")
         if dilation < 1:

@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from segexp.models.heads.aspp import ImagePooling, conv_bn_relu, scaled_dilations
+from segexp.models.segmentor import single_feature_keys
 
 DEFAULT_RATES = (1, 3, 5, 7, 9)
 MERGES = ("sum", "concat")
@@ -122,9 +123,7 @@ class PACHead(nn.Module):
         in_keys: Sequence[str] = ("out",),
     ) -> None:
         super().__init__()
-        self.in_keys = tuple(in_keys)  # the backbone feature it reads (one)
-        if len(self.in_keys) != 1:
-            raise ValueError(f"PACHead reads one feature map, got head.in_keys={list(self.in_keys)}")
+        self.in_keys = single_feature_keys(in_keys, "PACHead")  # the backbone feature it reads
         self.rates = tuple(int(r) for r in rates)
         if not self.rates or any(r < 1 for r in self.rates):
             raise ValueError(f"head.rates={list(self.rates)}: PAC rates must be one or more positive integers")
