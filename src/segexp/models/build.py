@@ -2,7 +2,8 @@
 
 The config groups map one-to-one onto constructor calls (Hydra ``instantiate``): ``backbone``, ``head``,
 ``aux_head`` and ``fusion``. The values that depend on another part -- a head's input channels (from the
-backbone's description of the features it reads), the number of classes, the backbone's output stride --
+backbone's description of the features it reads), the number of classes, the backbone's output stride;
+for a fusion that reads features (``in_keys``), their channels, the number of classes and the scales --
 are passed here, never repeated in YAML. The ``model`` node (:class:`ModelOptions`) says how the parts
 are put together and trained.
 """
@@ -20,7 +21,7 @@ from torch import nn
 
 from segexp.config import ConfigError
 from segexp.models.backbones.frozen_bn import freeze_batchnorm
-from segexp.models.segmentor import Segmentor
+from segexp.models.segmentor import HEAD_FEATURES, Segmentor, exposes_features
 from segexp.training.checkpoints import checkpoint_model_weights, state_dict_mismatches
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ class ModelOptions:
     train_shift_passes: bool = False
 
 
-BUILDER_KEYS = {"aux_head": ("loss_weight",)}
+BUILDER_KEYS = {"aux_head": ("loss_weight",), "block": ("units",)}
 """Keys of a component's node that the builder reads itself (not constructor arguments)."""
 
 
@@ -57,7 +58,7 @@ def build_segmentor(cfg: DictConfig, num_classes: int) -> Segmentor:
     (ASPP rates scaled, see :mod:`segexp.models.heads.aspp`); ``cfg.fusion`` for several ``model.scales``; the loss
     weight of every output."""
     options = model_options(cfg)
-    backbone = build_backbone(cfg.backbone)
+    backbone = build_backbone(with_blocks(cfg.backbone, cfg.get("block")))
     head = build_head(cfg.head, "head", backbone, num_classes)
     aux_head, aux_weight = None, 0.0
     if cfg.get("aux_head") is not None:
@@ -65,7 +66,8 @@ def build_segmentor(cfg: DictConfig, num_classes: int) -> Segmentor:
         aux_head = build_head(cfg.aux_head, "aux_head", backbone, num_classes)
     try:
         model = Segmentor(backbone, head, aux_head, align_corners=options.align_corners, scales=options.scales,
-                          fusion=build_fusion(cfg, options.scales), head_loss_weight=options.head_loss_weight,
+                          fusion=build_fusion(cfg, options.scales, backbone, head, num_classes),
+                          head_loss_weight=options.head_loss_weight,
                           aux_loss_weight=aux_weight, scale_loss_weights=options.scale_loss_weights)
     except ValueError as err:
         raise ConfigError(str(err)) from err
@@ -88,6 +90,29 @@ def build_backbone(node: DictConfig) -> nn.Module:
         if isinstance(err.__cause__, ValueError):
             raise ConfigError(f"backbone: {err.__cause__}") from err
         raise
+
+
+def with_blocks(backbone: DictConfig, block: DictConfig | None) -> DictConfig:
+    """The backbone node with ``block`` (e.g. ``block=prb``: a unit wrapper's ``_target_`` and settings) added
+    to ``backbone.unit_wrappers`` for each residual unit named in ``block.units`` (``[res5c, res4b22]``)."""
+    if block is None:
+        return backbone
+    units = block.get("units")
+    if not units or isinstance(units, str):
+        raise ConfigError(f"block.units={units!r}: name the residual units the block replaces, e.g. "
+                          "block.units=[res5c] (torchvision layer4.2 or Caffe res5c / res4b22 names)")
+    if "unit_wrappers" not in backbone:
+        raise ConfigError(f"block.units={list(units)}: backbone {backbone.get('_target_')} has no residual units "
+                          "to wrap (no unit_wrappers option); use a ResNet backbone")
+    wrapper = {k: v for k, v in OmegaConf.to_container(block, resolve=True).items() if k != "units"}
+    wrapper["_partial_"] = True
+    existing = dict(backbone.get("unit_wrappers") or {})
+    both = [str(u) for u in units if str(u) in existing]
+    if both:
+        raise ConfigError(f"block.units: {both} also in backbone.unit_wrappers; a unit takes one wrapper")
+    node = OmegaConf.create(OmegaConf.to_container(backbone, resolve=True))
+    node.unit_wrappers = {**OmegaConf.to_container(node.get("unit_wrappers") or {}), **{str(u): wrapper for u in units}}
+    return node
 
 
 def build_head(node: DictConfig, key: str, backbone: nn.Module, num_classes: int) -> nn.Module:
@@ -116,24 +141,49 @@ def aux_loss_weight(node: DictConfig) -> float:
     return float(weight)
 
 
-def build_fusion(cfg: DictConfig, scales: Sequence[float]) -> nn.Module | None:
+def build_fusion(
+    cfg: DictConfig, scales: Sequence[float], backbone: nn.Module, head: nn.Module, num_classes: int
+) -> nn.Module | None:
     """``cfg.fusion`` when the model runs several input scales. With one scale there is nothing to fuse: a
     fusion chosen anyway (e.g. in a table's base, with a row setting ``model.scales=[1.0]``) is not built, so
-    that no unused parameters reach the optimizer or DDP."""
+    that no unused parameters reach the optimizer or DDP.
+
+    A fusion that reads features (``fusion.in_keys``: backbone feature names and ``"head"`` for the head's
+    penultimate features) gets ``in_channels`` (a list in ``in_keys`` order), ``num_classes`` and ``scales``."""
     if cfg.get("fusion") is None:
         return None
     if len(scales) < 2:
         log.info("fusion=%s unused: model.scales=%s has one scale", cfg.fusion.get("_target_"), list(scales))
         return None
-    return instantiate(cfg.fusion)
+    in_keys = cfg.fusion.get("in_keys")
+    if not in_keys:
+        return instantiate(cfg.fusion)
+    channels = input_channels(backbone, in_keys, "fusion", head=head)
+    try:
+        return instantiate(cfg.fusion, in_channels=channels if isinstance(channels, list) else [channels],
+                           num_classes=num_classes, scales=list(scales))
+    except InstantiationException as err:
+        if isinstance(err.__cause__, ValueError):
+            raise ConfigError(f"fusion: {err.__cause__}") from err
+        raise
 
 
-def input_channels(backbone: nn.Module, in_keys: Sequence[str] | None, key: str = "head") -> int | list[int]:
-    """A head's input channels from the backbone's description (``feature_channels``) of the features it
-    reads: an int for one key (default ``"out"``), else a list in ``in_keys`` order. Unknown names fail
-    with the list of the backbone's features."""
+def input_channels(
+    backbone: nn.Module, in_keys: Sequence[str] | None, key: str = "head", head: nn.Module | None = None
+) -> int | list[int]:
+    """Input channels of a part (a head, or with ``head`` given a fusion) from the description of the features
+    it reads: the backbone's ``feature_channels``, and ``"head"`` for the head's penultimate features. An int
+    for one key (default ``"out"``), else a list in ``in_keys`` order. Unknown names fail with the list of
+    the features there are."""
     keys = list(in_keys) if in_keys else ["out"]
-    known = backbone.feature_channels
+    known = dict(backbone.feature_channels)
+    if head is not None:
+        if HEAD_FEATURES in keys and not exposes_features(head):
+            raise ConfigError(f"{key}.in_keys={keys}: '{HEAD_FEATURES}' reads the head's penultimate features, but "
+                              f"{type(head).__name__} does not expose them (forward_features / classify / "
+                              "feature_channels)")
+        if exposes_features(head):
+            known[HEAD_FEATURES] = int(head.feature_channels)
     unknown = [key for key in keys if key not in known]
     if unknown:
         raise ConfigError(f"{key}.in_keys={keys}: the backbone has no feature {', '.join(map(repr, unknown))}; "

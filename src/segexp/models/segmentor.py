@@ -16,6 +16,13 @@ are resized bilinearly to the grid of the largest scale's logits and fused by ``
 over scales, or a learned attention) into ``out``. Each scale's own output is supervised too, with
 ``scale_loss_weights``. The auxiliary head reads the features of the scale-1 stream (the first scale
 when 1.0 is not among them).
+
+A fusion reads the per-scale features named by its ``in_keys`` (none for max / mean): backbone features
+by name, and ``"head"`` (:data:`HEAD_FEATURES`) for the head's penultimate features (fc7 of
+DeepLab-LargeFOV, the input of attention to scale). A head provides those by ``forward_features`` /
+``classify`` / ``feature_channels``; a fusion that weighs the scales per pixel (attention) exposes the
+weights by ``scale_weights(logits, features)``, which :meth:`Segmentor.scale_attention` returns for the
+dashboards.
 """
 
 from __future__ import annotations
@@ -28,6 +35,8 @@ from torch import Tensor, nn
 
 MAIN_OUTPUT = "out"
 AUX_OUTPUT = "aux"
+HEAD_FEATURES = "head"
+"""The name under which a fusion reads the head's penultimate features (beside the backbone's)."""
 
 
 def scale_output_name(scale: float) -> str:
@@ -53,6 +62,12 @@ def head_input(features: dict[str, Tensor], head: nn.Module) -> Tensor | list[Te
     tensor for a one-key head, else the list in ``in_keys`` order."""
     keys = tuple(getattr(head, "in_keys", ("out",)))
     return features[keys[0]] if len(keys) == 1 else [features[key] for key in keys]
+
+
+def exposes_features(head: nn.Module) -> bool:
+    """Whether ``head`` provides its penultimate features (``forward_features`` / ``classify`` /
+    ``feature_channels``), which a fusion can read as ``"head"``."""
+    return all(hasattr(head, name) for name in ("forward_features", "classify", "feature_channels"))
 
 
 class Segmentor(nn.Module):
@@ -129,18 +144,42 @@ class Segmentor(nn.Module):
         if len(self.scales) == 1:
             feats = self.backbone(self._resize(images, self.scales[0]))
             return {MAIN_OUTPUT: self.head(head_input(feats, self.head)), **self._aux(feats)}
-        outputs: dict[str, Tensor] = {}
-        per_scale, features = [], []
-        for scale in self.scales:
-            feats = self.backbone(self._resize(images, scale))
-            per_scale.append(self.head(head_input(feats, self.head)))
-            features.append(feats)
-            if scale == self.aux_scale:
-                outputs.update(self._aux(feats))
-        grid = max((tuple(logits.shape[-2:]) for logits in per_scale), key=lambda hw: hw[0] * hw[1])
-        outputs[MAIN_OUTPUT] = self.fusion([self.upsample(logits, grid) for logits in per_scale], features)
+        per_scale, features, outputs = self._streams(images)
+        outputs[MAIN_OUTPUT] = self.fusion(self._on_one_grid(per_scale), features)
         outputs.update({scale_output_name(s): logits for s, logits in zip(self.scales, per_scale)})
         return outputs
+
+    def _streams(self, images: Tensor) -> tuple[list[Tensor], list[dict[str, Tensor]], dict[str, Tensor]]:
+        """Each scale's logits and features (the backbone's, plus the head's when the fusion reads them), and
+        the auxiliary output of the scale-1 stream."""
+        reads_head = HEAD_FEATURES in tuple(getattr(self.fusion, "in_keys", ()))
+        per_scale, features, aux = [], [], {}
+        for scale in self.scales:
+            feats = self.backbone(self._resize(images, scale))
+            if reads_head:
+                penultimate = self.head.forward_features(head_input(feats, self.head))
+                per_scale.append(self.head.classify(penultimate))
+                feats = {**feats, HEAD_FEATURES: penultimate}
+            else:
+                per_scale.append(self.head(head_input(feats, self.head)))
+            features.append(feats)
+            if scale == self.aux_scale:
+                aux = self._aux(feats)
+        return per_scale, features, aux
+
+    def _on_one_grid(self, per_scale: list[Tensor]) -> list[Tensor]:
+        """The per-scale logits resized to the largest of their grids."""
+        grid = max((tuple(logits.shape[-2:]) for logits in per_scale), key=lambda hw: hw[0] * hw[1])
+        return [self.upsample(logits, grid) for logits in per_scale]
+
+    def scale_attention(self, images: Tensor) -> Tensor | None:
+        """The fusion's per-pixel weight of each scale, ``(B, S, H, W)`` at the input's size (scales in
+        ``self.scales`` order), or None when the fusion does not weigh scales (max, mean, one scale)."""
+        if self.fusion is None or not hasattr(self.fusion, "scale_weights"):
+            return None
+        per_scale, features, _ = self._streams(images)
+        weights = self.fusion.scale_weights(self._on_one_grid(per_scale), features)
+        return self.upsample(weights, tuple(images.shape[-2:]))
 
     @property
     def aux_scale(self) -> float:

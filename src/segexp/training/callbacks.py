@@ -63,6 +63,9 @@ class ValidationExamples(pl.Callback):
 
     wandb gets interactive mask overlays (``wandb.Image(masks=...)``); TensorBoard gets a
     side-by-side image | prediction overlay | label overlay strip. Other loggers are skipped.
+    With a fusion that weighs the input scales per pixel (attention to scale, msattn), the weight of each
+    scale is logged too (``val/scale_attention``): the image next to one heat map per scale (dark = 0,
+    bright = 1), from :meth:`segexp.models.segmentor.Segmentor.scale_attention` on the same images.
     """
 
     def __init__(self, num_images: int = 4) -> None:
@@ -85,6 +88,30 @@ class ValidationExamples(pl.Callback):
                 strips = [_overlay_strip(i, p, m, datamodule.palette) for i, p, m in zip(images, preds, labels)]
                 logger.experiment.add_images(
                     "val/examples", np.stack(strips), trainer.global_step, dataformats="NHWC"
+                )
+        self.log_scale_attention(trainer, pl_module, batch["image"][: self.num_images], images)
+
+    def log_scale_attention(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch_images: Tensor, images: np.ndarray
+    ) -> None:
+        """The per-scale attention weights of the model's fusion on the logged images, if it has any."""
+        model = getattr(pl_module, "model", None)
+        if getattr(model, "fusion", None) is None or not hasattr(model.fusion, "scale_weights"):
+            return
+        with torch.no_grad():
+            weights = model.scale_attention(pl_module.in_model_layout(batch_images))
+        if weights is None:
+            return
+        heat = (weights.float().clamp(0, 1) * 255).round().byte().cpu().numpy()  # (B, S, H, W)
+        captions = " | ".join(f"scale {s:g}" for s in model.scales)
+        strips = [_attention_strip(image, maps) for image, maps in zip(images, heat)]
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.log_image(key="val/scale_attention", images=strips, step=trainer.global_step,
+                                 caption=[f"image | {captions}"] * len(strips))
+            elif isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_images(
+                    "val/scale_attention", np.stack(strips), trainer.global_step, dataformats="NHWC"
                 )
 
 
@@ -110,6 +137,11 @@ def _overlay_strip(
         return mixed
 
     return np.concatenate([image, overlay(pred), overlay(label)], axis=1)
+
+
+def _attention_strip(image: np.ndarray, maps: np.ndarray) -> np.ndarray:
+    """``image`` (H, W, 3) beside one grey heat map per scale, ``maps`` (S, H, W) uint8."""
+    return np.concatenate([image, *[np.repeat(m[..., None], 3, axis=-1) for m in maps]], axis=1)
 
 
 def _log_wandb(

@@ -141,9 +141,20 @@ class ASPPHead(nn.Module):
             conv.padding = (dilation, dilation)
         self.output_stride = output_stride
 
-    def forward(self, x: Tensor) -> Tensor:
+    @property
+    def feature_channels(self) -> int:
+        """Channels of :meth:`forward_features` (the projection's)."""
+        return self.classifier.in_channels
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """The projected concatenation of the branches: the classifier's input."""
         branches = [self.pointwise(x)] + [branch(x) for branch in self.atrous]
         if self.image_pool is not None:
             branches.append(self.image_pool(x))
-        y = self.project(torch.cat(branches, dim=1))
-        return self.classifier(self.dropout(y))
+        return self.project(torch.cat(branches, dim=1))
+
+    def classify(self, features: Tensor) -> Tensor:
+        return self.classifier(self.dropout(features))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classify(self.forward_features(x))

@@ -66,6 +66,7 @@ class FCNHead(nn.Module):
         self.classifier = nn.Conv2d(
             classifier_in, num_classes, kernel_size=kernel_size, padding=padding, dilation=dilation, bias=True
         )
+        self.feature_channels = classifier_in  # of forward_features: the classifier's input
 
     def classifier_dilation_at(self, output_stride: int) -> int:
         """The classifier's dilation at ``output_stride``: ``dilation`` is given in feature pixels at the output
@@ -90,5 +91,12 @@ class FCNHead(nn.Module):
         self.classifier.dilation = (dilation, dilation)
         self.classifier.padding = (dilation * (self.classifier.kernel_size[0] - 1) // 2,) * 2
 
+    def forward_features(self, x: Tensor) -> Tensor:
+        """The classifier's input (the backbone feature itself in the single-conv form)."""
+        return self.features(x)
+
+    def classify(self, features: Tensor) -> Tensor:
+        return self.classifier(self.dropout(features))
+
     def forward(self, x: Tensor) -> Tensor:
-        return self.classifier(self.dropout(self.features(x)))
+        return self.classify(self.forward_features(x))

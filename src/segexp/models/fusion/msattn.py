@@ -1,0 +1,107 @@
+"""Multi-scale attention with a recalibrating branch (Yang and Peng, "Attention to Refine through
+Multi-Scales for Semantic Segmentation", Sec. 2, Eqs. 1-4; Fig. 1-2).
+
+Extends attention to scale (:mod:`segexp.models.fusion.attention_to_scale`) in three ways, each a switch
+for the paper's Table 2:
+
+* ``multi_stage`` (Sec. 2.1, hypercolumns): each scale stream's features from several stages
+  (``in_keys``) are resized bilinearly to the grid of the largest of them -- the stride-4 grid "after two
+  poolings" with the default keys -- and concatenated. Off: only the last of ``in_keys`` (the head's own
+  features, ``head`` = fc7 of DeepLab-LargeFOV) is read, as attention to scale does.
+  The paper does not name the stages. Chosen here: ``pool2, conv3_3, conv4_3, head`` for VGG-16 (strides
+  4, 4, 8, 8; 128 + 256 + 512 + 1024 channels) and ``layer1, layer2, layer3, head`` for a ResNet (the
+  head's features are layer4's output for a 1x1 classifier).
+* ``diverse_dilations`` (Sec. 2.1, Fig. 2): each stream gets its own 3x3 conv (``channels``, ReLU) with its
+  own dilation, ``dilations`` in ``model.scales`` order (Sec. 3: 12 for the 1x stream, 2 for the 0.5x one).
+  Off: the per-stream convs are plain 3x3 (dilation 1). Each stream's conv runs on its own grid and its
+  output is resized to the logits' grid; the S outputs are concatenated into the shared features A.
+* ``recalibrate`` (Sec. 2.2): besides the location-attention branch (3x3 conv -> ReLU -> dropout -> 1x1 conv
+  to S maps, softmax over scales: l_s, Eq. 2, shared over classes) a recalibrating branch (same shape,
+  1x1 conv to the classes, sigmoid: wr, shared over scales) multiplies the predictions:
+  ``M_final = sum_s l_s * (P_s ⊗ wr)`` (Eqs. 3-4). Off: wr = 1, i.e. attention to scale's formula.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from segexp.models.fusion.attention_to_scale import check_scale_inputs, resize_to, weighted_sum
+
+
+def branch(in_channels: int, channels: int, out_channels: int, dropout: float) -> nn.Sequential:
+    """Two convs of an attention branch: 3x3 conv -> ReLU -> dropout -> 1x1 conv (scores, no activation)."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, channels, kernel_size=3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.Dropout2d(dropout),
+        nn.Conv2d(channels, out_channels, kernel_size=1),
+    )
+
+
+class MultiScaleAttention(nn.Module):
+    """Location attention over S scale streams and a recalibrating branch, from per-stream hypercolumns.
+
+    ``in_channels`` (channels of each of ``in_keys``), ``num_classes`` and ``scales`` are passed by the
+    builder; ``channels`` is the width of every conv (512), ``dilations`` one per scale.
+    """
+
+    def __init__(
+        self,
+        in_channels: Sequence[int],
+        num_classes: int,
+        scales: Sequence[float],
+        channels: int = 512,
+        dilations: Sequence[int] = (12, 2),
+        multi_stage: bool = True,
+        diverse_dilations: bool = True,
+        recalibrate: bool = True,
+        dropout: float = 0.5,
+        in_keys: Sequence[str] = ("pool2", "conv3_3", "conv4_3", "head"),
+    ) -> None:
+        super().__init__()
+        self.in_keys = tuple(in_keys)
+        check_scale_inputs(self.in_keys, in_channels, scales, "MultiScaleAttention")
+        if len(dilations) != len(scales) or any(int(d) != d or d < 1 for d in dilations):
+            raise ValueError(f"MultiScaleAttention: dilations={list(dilations)} needs one positive integer per "
+                             f"scale of model.scales={list(scales)}")
+        self.num_scales = len(scales)
+        self.multi_stage = multi_stage
+        self.stream_keys = self.in_keys if multi_stage else self.in_keys[-1:]
+        stream_in = sum(in_channels) if multi_stage else in_channels[-1]
+        self.stream_dilations = tuple(int(d) for d in dilations) if diverse_dilations else (1,) * self.num_scales
+        self.streams = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(stream_in, channels, kernel_size=3, padding=d, dilation=d), nn.ReLU(inplace=True))
+            for d in self.stream_dilations
+        )
+        shared = self.num_scales * channels
+        self.location = branch(shared, channels, self.num_scales, dropout)
+        self.recalibration = branch(shared, channels, num_classes, dropout) if recalibrate else None
+
+    def hypercolumn(self, feats: dict[str, Tensor]) -> Tensor:
+        """One stream's ``stream_keys`` features resized to the largest of their grids and concatenated."""
+        maps = [feats[key] for key in self.stream_keys]
+        grid = max((tuple(m.shape[-2:]) for m in maps), key=lambda hw: hw[0] * hw[1])
+        return torch.cat([resize_to(m, grid) for m in maps], dim=1)
+
+    def shared_features(self, features: Sequence[dict[str, Tensor]], grid: Sequence[int]) -> Tensor:
+        """A: every stream's own conv on its hypercolumn, resized to ``grid`` and concatenated."""
+        if len(features) != self.num_scales:
+            raise ValueError(f"MultiScaleAttention built for {self.num_scales} scales got {len(features)} streams")
+        return torch.cat(
+            [resize_to(conv(self.hypercolumn(feats)), grid) for conv, feats in zip(self.streams, features)], dim=1
+        )
+
+    def scale_weights(self, logits: Sequence[Tensor], features: Sequence[dict[str, Tensor]]) -> Tensor:
+        """Location attention l: ``(B, S, h, w)`` softmax weights of the scales (Eq. 2)."""
+        return torch.softmax(self.location(self.shared_features(features, logits[0].shape[-2:])), dim=1)
+
+    def forward(self, logits: Sequence[Tensor], features: Sequence[dict[str, Tensor]]) -> Tensor:
+        shared = self.shared_features(features, logits[0].shape[-2:])
+        fused = weighted_sum(torch.softmax(self.location(shared), dim=1), logits)
+        if self.recalibration is None:
+            return fused
+        # sum_s l_s (P_s ⊗ wr) = wr ⊗ sum_s l_s P_s: wr is shared over scales
+        return fused * torch.sigmoid(self.recalibration(shared))
