@@ -35,10 +35,10 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from functools import partial
 
-import torch
 from torch import Tensor, nn
 
 from segexp.models.backbones.frozen_bn import freeze_batchnorm
+from segexp.models.backbones.pretrained import key_summary, read_state_dict
 from segexp.models.backbones.residual_dropout import ResidualDropout
 from segexp.models.backbones.unit_names import resolve_unit
 
@@ -392,23 +392,6 @@ def _is_extra_layer_key(key: str) -> bool:
     return stage.startswith("layer") and stage[5:].isdigit() and int(stage[5:]) >= 5
 
 
-def _summary(keys: Sequence[str], limit: int = 20) -> str:
-    shown = ", ".join(keys[:limit])
-    return shown if len(keys) <= limit else f"{shown}, ... ({len(keys)} in all)"
-
-
-def _read_state_dict(path: str | os.PathLike[str]) -> Mapping[str, Tensor]:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"pretrained weights file not found: {os.fspath(path)}")
-    loaded = torch.load(path, map_location="cpu", weights_only=True)
-    for wrapper in ("state_dict", "model"):
-        if isinstance(loaded, Mapping) and isinstance(loaded.get(wrapper), Mapping):
-            loaded = loaded[wrapper]
-    if not isinstance(loaded, Mapping):
-        raise ValueError(f"{os.fspath(path)} does not hold a state dict (got {type(loaded).__name__})")
-    return loaded
-
-
 def load_pretrained(model: ResNet, path: str | os.PathLike[str]) -> None:
     """Load a torchvision-format ImageNet ResNet state dict from ``path`` into ``model`` (strictly checked).
 
@@ -418,11 +401,11 @@ def load_pretrained(model: ResNet, path: str | os.PathLike[str]) -> None:
     FileNotFoundError for a missing file and ValueError naming the offending keys and the file otherwise.
     """
     where = os.fspath(path)
-    checkpoint = {k: v for k, v in _read_state_dict(path).items() if not k.startswith("fc.")}
+    checkpoint = {k: v for k, v in read_state_dict(path).items() if not k.startswith("fc.")}
     own = model.state_dict()
     unexpected = [k for k in checkpoint if k not in own and not k.endswith("num_batches_tracked")]
     if unexpected:
-        raise ValueError(f"unexpected keys in pretrained weights {where}: {_summary(unexpected)}")
+        raise ValueError(f"unexpected keys in pretrained weights {where}: {key_summary(unexpected)}")
     for key, value in checkpoint.items():
         if key in own and tuple(value.shape) != tuple(own[key].shape):
             raise ValueError(
@@ -433,5 +416,5 @@ def load_pretrained(model: ResNet, path: str | os.PathLike[str]) -> None:
         k for k in own if k not in checkpoint and not _is_extra_layer_key(k) and not k.endswith("num_batches_tracked")
     ]
     if missing:
-        raise ValueError(f"pretrained weights {where} lack keys: {_summary(missing)}")
+        raise ValueError(f"pretrained weights {where} lack keys: {key_summary(missing)}")
     model.load_state_dict({k: v for k, v in checkpoint.items() if k in own}, strict=False)
