@@ -291,3 +291,24 @@ def test_block_config_makes_the_papers_block() -> None:
     block = make(unit=Bottleneck(64, 16))
     assert isinstance(block, PyramidResidualBlock)
     assert (block.reduction, block.bins, block.mode) == (256, (1, 2, 4), "full")
+
+
+def test_block_group_places_the_block_on_named_units_from_the_config(make_cfg) -> None:
+    from segexp.config import ConfigError
+    from segexp.models.build import build_segmentor
+    from segexp.training.build import validate
+
+    base = ["backbone=resnet50", "head=fcn", "dataset=synthetic", "logger=csv", "block=prb"]
+    cfg = make_cfg("block.units=[res5c,res4f]", "block.reduction=64", "block.mode=pyramid_only", base=base)
+    validate(cfg)  # block.units is read by the builder, not a constructor argument
+    backbone = build_segmentor(cfg, num_classes=3).backbone
+    wrapped = {f"{stage}.{i}" for stage in ("layer3", "layer4") for i, unit in enumerate(getattr(backbone, stage))
+               if isinstance(unit, PyramidResidualBlock)}
+    assert wrapped == {"layer4.2", "layer3.5"}
+    assert backbone.layer4[2].reduction == 64 and backbone.layer4[2].mode == "pyramid_only"
+    with pytest.raises(ConfigError, match=r"block\.units=\[\]: name the residual units"):
+        build_segmentor(make_cfg("block.units=[]", base=base), num_classes=3)
+    with pytest.raises(ConfigError, match=r"VGG16 has no residual units"):
+        build_segmentor(make_cfg("backbone=vgg16", "head=largefov", base=base), num_classes=3)
+    with pytest.raises(ConfigError, match=r"res9z"):
+        build_segmentor(make_cfg("block.units=[res9z]", base=base), num_classes=3)

@@ -106,13 +106,13 @@ def with_blocks(backbone: DictConfig, block: DictConfig | None) -> DictConfig:
                           "to wrap (no unit_wrappers option); use a ResNet backbone")
     wrapper = {k: v for k, v in OmegaConf.to_container(block, resolve=True).items() if k != "units"}
     wrapper["_partial_"] = True
-    existing = dict(backbone.get("unit_wrappers") or {})
+    params = OmegaConf.to_container(backbone, resolve=True)
+    existing = dict(params.get("unit_wrappers") or {})
     both = [str(u) for u in units if str(u) in existing]
     if both:
         raise ConfigError(f"block.units: {both} also in backbone.unit_wrappers; a unit takes one wrapper")
-    node = OmegaConf.create(OmegaConf.to_container(backbone, resolve=True))
-    node.unit_wrappers = {**OmegaConf.to_container(node.get("unit_wrappers") or {}), **{str(u): wrapper for u in units}}
-    return node
+    params["unit_wrappers"] = {**existing, **{str(u): wrapper for u in units}}
+    return OmegaConf.create(params)
 
 
 def build_head(node: DictConfig, key: str, backbone: nn.Module, num_classes: int) -> nn.Module:
