@@ -612,17 +612,21 @@ def test_list_shows_every_table_with_status(capsys: pytest.CaptureFixture[str]) 
         assert re.search(rf"^{re.escape(spec.id)}\s+{spec.status}\s+{len(spec.rows)}\s", out, re.M), spec.id
 
 
+PENDING = GOOD.replace("metrics: [mIoU]", "metrics: [mIoU]\nstatus: pending\npending_reason: needs a flux capacitor")
+
+
 def test_a_named_pending_table_is_refused_with_its_reason(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                           capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setenv("SEGEXP_OUTPUT_DIR", str(tmp_path))
-    reason = load_table("prb.t1").pending_reason
-    assert cli.main(["run", "prb.t1", "--profile", "smoke"]) == 2
+    spec = load_spec(write_spec(tmp_path / "specs", PENDING))
+    monkeypatch.setattr(cli, "load_table", lambda name: spec)
+    monkeypatch.setenv("SEGEXP_OUTPUT_DIR", str(tmp_path / "out"))
+    assert cli.main(["run", "demo.t1", "--profile", "smoke"]) == 2
     out, err = capsys.readouterr()
-    assert out == "" and err == f"segexp-table: prb.t1 is pending, not run (experiments/prb/t1.yaml): {reason}\n"
-    assert list(tmp_path.iterdir()) == []  # nothing was started
+    assert out == "" and err == f"segexp-table: demo.t1 is pending, not run ({spec.path}): needs a flux capacitor\n"
+    assert not (tmp_path / "out").exists()  # nothing was started
 
 
-def test_run_all_skips_the_pending_tables_and_lists_them(monkeypatch: pytest.MonkeyPatch,
+def test_run_all_skips_the_pending_tables_and_lists_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                          capsys: pytest.CaptureFixture[str]) -> None:
     ran: list[str] = []
 
@@ -630,13 +634,33 @@ def test_run_all_skips_the_pending_tables_and_lists_them(monkeypatch: pytest.Mon
         ran.append(spec.id)
         return RunResult(table=spec.id, profile=profile.name)
 
+    pending = load_spec(write_spec(tmp_path, PENDING))
+    specs = [*load_all(), pending]
+    monkeypatch.setattr(cli, "load_all", lambda: specs)
     monkeypatch.setattr(runner, "run_table", fake_run_table)
     assert cli.main(["run", "all", "--profile", "smoke", "--dry-run"]) == 0
-    specs = load_all()
-    assert ran == [s.id for s in specs if s.ready]
+    assert ran == [s.id for s in specs if s.ready] and "demo.t1" not in ran
     skipped = [line for line in capsys.readouterr().out.splitlines() if line.startswith("skipped ")]
-    assert skipped == [f"skipped {s.pending_message()}" for s in specs if not s.ready]
-    assert len(skipped) == 9  # prb.t1-t6, msattn.t1-t3
+    assert skipped == [f"skipped {pending.pending_message()}"]
+
+
+def test_every_catalog_table_is_ready() -> None:
+    assert [s.id for s in load_all() if not s.ready] == []
+    assert len(load_all()) == 31
+
+
+def test_sizes_and_times_are_reported_relative_to_the_baseline_next_to_the_papers_ratio(tmp_path: Path) -> None:
+    spec = load_table("prb.t5")
+    fabricate(tmp_path, "baseline", 0, {"mIoU": 0.7, "size_mb": 160.0, "test_time_s": 0.5})
+    fabricate(tmp_path, "one", 0, {"mIoU": 0.7, "size_mb": 172.0, "test_time_s": 0.6})
+    written = write_report(spec, load_profile("smoke"), base_dir=tmp_path, results_dir=tmp_path)
+    rows = {(r["row"], r["metric"]): r for r in csv.DictReader(written["csv"].open())}
+    assert float(rows["one", "test_time_s"]["paper_ratio"]) == round(1.288 / 1.252, 4)
+    assert float(rows["one", "test_time_s"]["measured_ratio"]) == 1.2
+    assert float(rows["one", "size_mb"]["measured_ratio"]) == round(172 / 160, 4)
+    assert rows["two", "size_mb"]["measured_ratio"] == ""  # not run
+    text = written["md"].read_text()
+    assert "| `one` one PRB (res5c) | 1.029 | 1.200 |" in text
 
 
 # ----------------------------------------------------------------------------- the runner end to end

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from segexp import atomic
 from segexp.tables.spec import (
     DELTA,
+    MEASURABLE,
     PER_CLASS_PREFIX,
     RESULTS_DIR,
     Profile,
@@ -105,6 +106,8 @@ class Cell:
     paper_delta: float | None = None
     measured_delta: float | None = None
     se_delta: float | None = None
+    paper_ratio: float | None = None
+    measured_ratio: float | None = None
     verdict: str = ""
     detail: str = ""
     warnings: list[str] = field(default_factory=list)
@@ -200,7 +203,34 @@ def build_cell(spec: TableSpec, row: Row, metric: str, results: dict[str, RowRes
             cell.verdict = verdict(cell.paper_delta, values, base_values)
     if cell.paper is not None and cell.measured is not None:
         cell.vs_paper = cell.measured - cell.paper
+    if metric in MEASURABLE and spec.baseline:
+        base_measured, _ = mean_std(raw_values(metric, results[spec.baseline]))
+        set_ratios(cell, spec.row(spec.baseline).paper.get(metric), base_measured)
     return cell
+
+
+def set_ratios(cell: Cell, base_paper: float | None, base_measured: float | None) -> None:
+    """A measured size or time (prb Table V) relative to the table's baseline row, and the paper's ratio: the
+    absolute values depend on the device, their ratios much less."""
+    if cell.paper is not None and base_paper:
+        cell.paper_ratio = cell.paper / base_paper
+    if cell.measured is not None and base_measured:
+        cell.measured_ratio = cell.measured / base_measured
+
+
+def ratio_table(cells: Sequence[Cell], baseline: str) -> list[str]:
+    """Each row's value divided by the baseline row's, the paper's and the measured one."""
+    lines = [f"Relative to `{baseline}` (device-independent):", "",
+             "| row | paper ratio | measured ratio |", "|---|---:|---:|"]
+    for c in cells:
+        name = f"`{c.row.name}`" + (f" {c.row.label}" if c.row.label else "")
+        lines.append("| " + " | ".join(md_escape(x) for x in (
+            name, fmt_ratio(c.paper_ratio), fmt_ratio(c.measured_ratio))) + " |")
+    return lines
+
+
+def fmt_ratio(value: float | None) -> str:
+    return "—" if value is None else f"{value:.3f}"
 
 
 def build_report(spec: TableSpec, profile: Profile, base_dir: Path | None = None) -> TableReport:
@@ -287,6 +317,8 @@ def render_markdown(report: TableReport) -> str:
         if metric in per_class:
             continue
         lines += ["", f"## {metric}", "", *markdown_table(report.cells_of(metric), spec.paper_values == DELTA)]
+        if metric in MEASURABLE and spec.baseline:
+            lines += ["", *ratio_table(report.cells_of(metric), spec.baseline)]
     lines += ["", "---", "", VERDICT_RULE, "",
               "Δ vs paper = measured − paper. paper Δ / measured Δ = row − baseline row. A warning next to a row "
               "says where its run differs from the paper's protocol (batch, iterations) or where the profile "
@@ -297,8 +329,8 @@ def render_markdown(report: TableReport) -> str:
 
 
 CSV_FIELDS = ("table", "profile", "row", "label", "metric", "status", "paper", "measured", "std", "n_seeds",
-              "delta_vs_paper", "baseline", "paper_delta", "measured_delta", "se_delta", "verdict", "warnings",
-              "run_dir", "detail")
+              "delta_vs_paper", "baseline", "paper_delta", "measured_delta", "se_delta", "paper_ratio",
+              "measured_ratio", "verdict", "warnings", "run_dir", "detail")
 
 
 def rounded(value: float | None, digits: int = 4) -> float | None:
@@ -316,6 +348,7 @@ def render_csv(report: TableReport) -> str:
             "std": rounded(c.std), "n_seeds": len(c.values), "delta_vs_paper": rounded(c.vs_paper),
             "baseline": c.baseline or "", "paper_delta": rounded(c.paper_delta),
             "measured_delta": rounded(c.measured_delta), "se_delta": rounded(c.se_delta),
+            "paper_ratio": rounded(c.paper_ratio), "measured_ratio": rounded(c.measured_ratio),
             "verdict": c.verdict, "warnings": "; ".join(c.warnings), "run_dir": "; ".join(c.run_dirs),
             "detail": c.detail,
         })
