@@ -312,3 +312,27 @@ def test_block_group_places_the_block_on_named_units_from_the_config(make_cfg) -
         build_segmentor(make_cfg("backbone=vgg16", "head=largefov", base=base), num_classes=3)
     with pytest.raises(ConfigError, match=r"res9z"):
         build_segmentor(make_cfg("block.units=[res9z]", base=base), num_classes=3)
+
+
+def test_prb_t5_row_models_have_the_sizes_of_the_layer_formulas(tmp_path) -> None:
+    """prb.t5 under smoke: each row's model is the baseline ResNet-101 + 1x1 classifier plus, per PRB,
+    len(bins) * (2 C D + D + C) parameters (D = 256; C = 2048 at res5c, 1024 at res4b22 / res4b19); DeepLab-V2
+    replaces the classifier by four 3x3 ones (4 * (9 * 2048 * 21 + 21))."""
+    from segexp.models.build import build_segmentor
+    from segexp.tables.plan import compose, plan_train_job
+    from segexp.tables.spec import load_profile, load_table
+
+    spec, smoke = load_table("prb.t5"), load_profile("smoke")
+
+    def params(row: str) -> int:
+        job = plan_train_job(spec, spec.row(row), smoke, 0, tmp_path)
+        model = build_segmentor(compose(job.overrides, 0), num_classes=21)
+        return sum(p.numel() for p in model.parameters())
+
+    def prb(channels: int, reduction: int = 256, bins: int = 3) -> int:
+        return bins * (2 * channels * reduction + reduction + channels)
+
+    trunk = params("baseline") - (2048 * 21 + 21)
+    assert params("one") - params("baseline") == prb(2048)
+    assert params("three") - params("baseline") == prb(2048) + 2 * prb(1024)
+    assert params("deeplab_v2") == trunk + 4 * (9 * 2048 * 21 + 21)

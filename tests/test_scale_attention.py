@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from pytorch_lightning.loggers import TensorBoardLogger
+from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
 from torch import Tensor, nn
 
 from segexp.config import ConfigError
@@ -165,7 +165,8 @@ def test_fusions_compose_from_the_config_with_channels_from_the_model(make_cfg, 
 class RecordingFusion(nn.Module):
     """Mean fusion that keeps the features it was given (to check what the segmentor passes)."""
 
-    def __init__(self, in_channels: list[int], num_classes: int, scales: list[float], in_keys: list[str]) -> None:
+    def __init__(self, in_channels: list[int], num_classes: int, scales: list[float], in_keys: list[str],
+                 output_stride: int) -> None:
         super().__init__()
         self.in_keys, self.in_channels, self.scales = tuple(in_keys), in_channels, scales
         self.seen: list[dict[str, Tensor]] = []
@@ -221,10 +222,13 @@ def test_validation_examples_log_the_attention_of_each_scale(make_cfg, tmp_path)
     logger = TensorBoardLogger(str(tmp_path))
     logged: dict[str, np.ndarray] = {}
     logger.experiment.add_images = lambda tag, images, step, dataformats: logged.__setitem__(tag, images)
+    wandb_logger = WandbLogger(save_dir=str(tmp_path), offline=True)  # no run starts: log_image is replaced
+    to_wandb: dict[str, dict] = {}
+    wandb_logger.log_image = lambda key, images, step, **kwargs: to_wandb.__setitem__(key, {"images": images, **kwargs})
     datamodule = SimpleNamespace(mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), palette=((0, 0, 0),) * 5,
                                  class_names=tuple("abcde"))
     trainer = SimpleNamespace(sanity_checking=False, is_global_zero=True, datamodule=datamodule,
-                              loggers=[logger], global_step=3)
+                              loggers=[logger, wandb_logger], global_step=3)
     batch = {"image": torch.randn(3, 3, 32, 40), "label": torch.zeros(3, 32, 40, dtype=torch.long)}
     with torch.no_grad():
         scores = module(batch["image"])
@@ -235,6 +239,9 @@ def test_validation_examples_log_the_attention_of_each_scale(make_cfg, tmp_path)
     assert strips.shape == (2, 32, 3 * 40, 3)  # image | scale 1 | scale 0.5
     expected = (weights[1, 1] * 255).round().byte().numpy()
     assert np.array_equal(strips[1, :, 80:, 0], expected)
+    assert set(to_wandb) == {"val/examples", "val/scale_attention"}
+    assert np.array_equal(to_wandb["val/scale_attention"]["images"][1], strips[1])
+    assert to_wandb["val/scale_attention"]["caption"] == ["image | scale 1 | scale 0.5"] * 2
 
 
 @pytest.mark.parametrize(("head", "overrides"), [("fcn", []), ("fcn", ["head.channels=16"]), ("aspp", [])])
@@ -245,3 +252,19 @@ def test_heads_split_into_features_and_classifier(make_cfg, head, overrides) -> 
         features = model.head.forward_features(x)
         assert features.shape[1] == model.head.feature_channels
         assert torch.equal(model.head.classify(features), model.head(x))
+
+
+def test_msattn_dilations_follow_the_output_stride_only_on_the_heads_grid(make_cfg) -> None:
+    base = [*SMALL, "backbone.output_stride=16", "fusion=msattn"]
+    on_head = build_segmentor(make_cfg("fusion.in_keys=[head]", "fusion.multi_stage=false", base=base), 5)
+    assert on_head.fusion.output_stride == 16
+    on_head.set_output_stride(8)
+    assert [s[0].dilation for s in on_head.fusion.streams] == [(24, 24), (4, 4)]
+    assert [s[0].padding for s in on_head.fusion.streams] == [(24, 24), (4, 4)]
+    on_head.set_output_stride(16)
+    assert [s[0].dilation for s in on_head.fusion.streams] == [(12, 12), (2, 2)]
+    with pytest.raises(ValueError, match=r"dilation 2 \(given at output stride 16\) is not an integer at .* 64"):
+        on_head.fusion.set_output_stride(64)
+    hypercolumn = build_segmentor(make_cfg(RESNET_KEYS, base=base), 5)  # layer1's stride-4 grid: unchanged
+    hypercolumn.set_output_stride(8)
+    assert [s[0].dilation for s in hypercolumn.fusion.streams] == [(12, 12), (2, 2)]

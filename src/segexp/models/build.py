@@ -149,7 +149,8 @@ def build_fusion(
     that no unused parameters reach the optimizer or DDP.
 
     A fusion that reads features (``fusion.in_keys``: backbone feature names and ``"head"`` for the head's
-    penultimate features) gets ``in_channels`` (a list in ``in_keys`` order), ``num_classes`` and ``scales``."""
+    penultimate features) gets ``in_channels`` (a list in ``in_keys`` order), ``num_classes``, ``scales`` and
+    the backbone's ``output_stride``."""
     if cfg.get("fusion") is None:
         return None
     if len(scales) < 2:
@@ -161,7 +162,7 @@ def build_fusion(
     channels = input_channels(backbone, in_keys, "fusion", head=head)
     try:
         return instantiate(cfg.fusion, in_channels=channels if isinstance(channels, list) else [channels],
-                           num_classes=num_classes, scales=list(scales))
+                           num_classes=num_classes, scales=list(scales), output_stride=int(backbone.output_stride))
     except InstantiationException as err:
         if isinstance(err.__cause__, ValueError):
             raise ConfigError(f"fusion: {err.__cause__}") from err

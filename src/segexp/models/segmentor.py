@@ -126,7 +126,7 @@ class Segmentor(nn.Module):
         """Re-configure the dilations of every part for another output stride (same weights). Output stride is
         a contract: a part without ``set_output_stride`` cannot follow, and asking for another stride raises
         a ValueError naming it rather than evaluating a different model."""
-        parts = {"backbone": self.backbone, "head": self.head, "aux_head": self.aux_head}
+        parts = {"backbone": self.backbone, "head": self.head, "aux_head": self.aux_head, "fusion": self.fusion}
         current = self.output_stride
         for name, part in parts.items():
             if part is None:

@@ -49,8 +49,9 @@ def check_scale_inputs(in_keys: Sequence[str], in_channels: Sequence[int], scale
 class AttentionToScale(nn.Module):
     """Softmax attention over S scale streams from their concatenated features (Chen et al. 2016).
 
-    ``in_channels`` (channels of each of ``in_keys``), ``num_classes`` and ``scales`` are passed by the
-    builder; ``channels`` is the width of the 3x3 layer (512 in the paper), ``dropout`` its dropout.
+    ``in_channels`` (channels of each of ``in_keys``), ``num_classes``, ``scales`` and ``output_stride`` are
+    passed by the builder; ``channels`` is the width of the 3x3 layer (512 in the paper), ``dropout`` its
+    dropout.
     """
 
     def __init__(
@@ -61,9 +62,11 @@ class AttentionToScale(nn.Module):
         channels: int = 512,
         dropout: float = 0.5,
         in_keys: Sequence[str] = ("head",),
+        output_stride: int | None = None,
     ) -> None:
         super().__init__()
         self.in_keys = tuple(in_keys)
+        self.output_stride = output_stride
         check_scale_inputs(self.in_keys, in_channels, scales, "AttentionToScale")
         self.num_classes = num_classes  # the weights are shared over classes: kept for inspection only
         self.num_scales = len(scales)
@@ -73,6 +76,11 @@ class AttentionToScale(nn.Module):
             nn.Dropout2d(dropout),
             nn.Conv2d(channels, self.num_scales, kernel_size=1),
         )
+
+    def set_output_stride(self, output_stride: int) -> None:
+        """Its 3x3 conv is not dilated and is left as it is at another output stride (like the auxiliary head's
+        3x3 conv): the weights are computed on whatever grid the logits have."""
+        self.output_stride = output_stride
 
     def scale_weights(self, logits: Sequence[Tensor], features: Sequence[dict[str, Tensor]]) -> Tensor:
         """``(B, S, h, w)`` softmax weights of the scales on the logits' grid (they sum to 1 at every pixel)."""

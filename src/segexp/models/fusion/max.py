@@ -17,5 +17,8 @@ from torch import Tensor, nn
 class MaxFusion(nn.Module):
     """Element-wise maximum of the per-scale logits (no parameters)."""
 
+    def set_output_stride(self, output_stride: int) -> None:
+        """Nothing here depends on the output stride."""
+
     def forward(self, logits: Sequence[Tensor], features: Sequence[dict[str, Tensor]] | None = None) -> Tensor:
         return torch.stack(list(logits)).amax(dim=0)

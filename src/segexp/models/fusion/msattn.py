@@ -15,6 +15,10 @@ for the paper's Table 2:
   own dilation, ``dilations`` in ``model.scales`` order (Sec. 3: 12 for the 1x stream, 2 for the 0.5x one).
   Off: the per-stream convs are plain 3x3 (dilation 1). Each stream's conv runs on its own grid and its
   output is resized to the logits' grid; the S outputs are concatenated into the shared features A.
+  Output stride: the dilations are in pixels of the hypercolumn's grid. With ``multi_stage`` that is the
+  grid of the earliest stage (stride 4 for the default keys), which does not move with the output stride;
+  without it, it is the head's grid at the output stride, and :meth:`set_output_stride` rescales the
+  dilations (given at the ``output_stride`` the fusion is built at) so their field of view stays the same.
 * ``recalibrate`` (Sec. 2.2): besides the location-attention branch (3x3 conv -> ReLU -> dropout -> 1x1 conv
   to S maps, softmax over scales: l_s, Eq. 2, shared over classes) a recalibrating branch (same shape,
   1x1 conv to the classes, sigmoid: wr, shared over scales) multiplies the predictions:
@@ -44,8 +48,8 @@ def branch(in_channels: int, channels: int, out_channels: int, dropout: float) -
 class MultiScaleAttention(nn.Module):
     """Location attention over S scale streams and a recalibrating branch, from per-stream hypercolumns.
 
-    ``in_channels`` (channels of each of ``in_keys``), ``num_classes`` and ``scales`` are passed by the
-    builder; ``channels`` is the width of every conv (512), ``dilations`` one per scale.
+    ``in_channels`` (channels of each of ``in_keys``), ``num_classes``, ``scales`` and ``output_stride`` are
+    passed by the builder; ``channels`` is the width of every conv (512), ``dilations`` one per scale.
     """
 
     def __init__(
@@ -60,6 +64,7 @@ class MultiScaleAttention(nn.Module):
         recalibrate: bool = True,
         dropout: float = 0.5,
         in_keys: Sequence[str] = ("pool2", "conv3_3", "conv4_3", "head"),
+        output_stride: int | None = None,
     ) -> None:
         super().__init__()
         self.in_keys = tuple(in_keys)
@@ -77,8 +82,22 @@ class MultiScaleAttention(nn.Module):
             for d in self.stream_dilations
         )
         shared = self.num_scales * channels
+        self.output_stride = output_stride
         self.location = branch(shared, channels, self.num_scales, dropout)
         self.recalibration = branch(shared, channels, num_classes, dropout) if recalibrate else None
+
+    def set_output_stride(self, output_stride: int) -> None:
+        """Rescale the per-stream dilations when they are in pixels of the head's grid (``multi_stage`` off):
+        dilation * built / ``output_stride`` (a ValueError when that is not an integer)."""
+        if self.multi_stage or self.output_stride is None:
+            return
+        for conv_relu, dilation in zip(self.streams, self.stream_dilations):
+            scaled = dilation * self.output_stride
+            if scaled % output_stride:
+                raise ValueError(f"MultiScaleAttention: dilation {dilation} (given at output stride "
+                                 f"{self.output_stride}) is not an integer at output stride {output_stride}")
+            conv = conv_relu[0]
+            conv.dilation = conv.padding = (scaled // output_stride,) * 2
 
     def hypercolumn(self, feats: dict[str, Tensor]) -> Tensor:
         """One stream's ``stream_keys`` features resized to the largest of their grids and concatenated."""
