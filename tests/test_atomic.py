@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -66,3 +67,14 @@ def test_json_non_finite_values_become_null(tmp_path: Path) -> None:
     assert math.isnan(payload["mIoU"])  # the caller's dict is left as it was
     atomic.write_json(tmp_path / "compact.json", {"a": [1, 2]}, indent=None)
     assert (tmp_path / "compact.json").read_text() == '{"a": [1, 2]}\n'
+
+
+def test_a_write_removes_the_temporaries_of_killed_writers_of_that_file_only(tmp_path: Path) -> None:
+    dead = tmp_path / ".report.md.999999999.0a1b2c3d.tmp"  # a writer killed during its write
+    live = tmp_path / f".report.md.{os.getpid()}.0a1b2c3d.tmp"  # a writer still at work
+    other = tmp_path / ".other.md.999999999.0a1b2c3d.tmp"  # another file's leftover: not this write's business
+    for path in (dead, live, other):
+        path.write_text("partial")
+    atomic.write_text(tmp_path / "report.md", "complete")
+    assert (tmp_path / "report.md").read_text() == "complete"
+    assert not dead.exists() and live.exists() and other.exists()

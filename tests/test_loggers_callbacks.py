@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor
 from pytorch_lightning.loggers import CSVLogger
 
 from segexp.cli.precheck import null_choices_as_deletions
 from segexp.cli.train import run_training
 from segexp.config import ConfigError, compose_config
 from segexp.training.build import validate
-from segexp.training.callbacks import LastCheckpoint, ValidationExamples
+from segexp.training.callbacks import AtomicModelCheckpoint, LastCheckpoint, Preemption, ValidationExamples
 from segexp.training.harness import build_callbacks, build_loggers, named_entries
 from tests.conftest import wandb_record
 
@@ -71,22 +71,22 @@ def callback_types(*overrides: str, loggers: bool = True, tmp_path: Path) -> lis
 
 
 def test_callbacks_come_from_the_config_and_can_be_added_or_removed(tmp_path: Path) -> None:
-    default = [LastCheckpoint, ModelCheckpoint, ValidationExamples, LearningRateMonitor]
+    default = [LastCheckpoint, AtomicModelCheckpoint, Preemption, ValidationExamples, LearningRateMonitor]
     assert callback_types(tmp_path=tmp_path) == default
     assert callback_types("~callbacks.examples", tmp_path=tmp_path) == [
-        LastCheckpoint, ModelCheckpoint, LearningRateMonitor]
+        LastCheckpoint, AtomicModelCheckpoint, Preemption, LearningRateMonitor]
     added = ["+callbacks.early_stop._target_=pytorch_lightning.callbacks.EarlyStopping",
              "+callbacks.early_stop.monitor=val/mIoU", "+callbacks.early_stop.mode=max"]
     assert callback_types(*added, tmp_path=tmp_path) == [*default, EarlyStopping]
     # Lightning refuses an LR monitor without loggers: it is dropped then
-    assert callback_types("~logger", loggers=False, tmp_path=tmp_path) == default[:3]
+    assert callback_types("~logger", loggers=False, tmp_path=tmp_path) == default[:4]
     cfg = compose_config([f"output_dir={tmp_path}"])
     last, best = build_callbacks(cfg, [])[:2]
     assert last.dirpath == tmp_path / "checkpoints" and Path(best.dirpath) == tmp_path / "checkpoints"
 
 
 def test_a_misspelt_callback_key_is_named(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"'callbacks\.best\.save_top': ModelCheckpoint .*Did you mean 'save_top_k'"):
+    with pytest.raises(ConfigError, match=r"'callbacks\.best\.save_top': AtomicModelCheckpoint .*'save_top_k'"):
         validate(compose_config(["+callbacks.best.save_top=2", f"output_dir={tmp_path}"]))
 
 

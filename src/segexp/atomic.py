@@ -4,7 +4,9 @@ A reader (a table runner polling ``metrics.json``, a resumed run opening ``last.
 regenerated) then sees either the old file or the new one, never a truncated one. The temporary file is a
 hidden, uniquely named sibling of the target (``.<name>.<pid>.<random>.tmp``: same folder, so the rename
 is atomic and concurrent writers -- DDP ranks, submitit tasks -- never share one) and is removed when the
-write fails half-way, leaving the old file as it was.
+write fails half-way, leaving the old file as it was. A writer killed outright (SIGKILL, OOM killer) cannot
+remove it: the next write of the same file removes such leftovers of dead processes
+(:func:`remove_stale_temporaries`).
 
     with atomic_path(path) as tmp:     # any writer that takes a path
         trainer.save_checkpoint(tmp)
@@ -33,6 +35,29 @@ def temporary_sibling(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
 
 
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, under another user
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: str | Path, name: str = "*") -> list[Path]:
+    """Delete the temporaries of ``<folder>/<name>`` (a glob) left by writers whose process is gone (killed
+    during a write); a live writer's temporary is left alone. Returns the removed paths."""
+    removed = []
+    for tmp in Path(folder).glob(f".{name}.*.tmp"):
+        pid = tmp.name.removesuffix(".tmp").rsplit(".", 2)[-2]
+        if pid.isdigit() and not process_alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
 def fsync_file(path: Path) -> None:
     """Flush ``path``'s data to the disk (so a power cut after the rename cannot leave an empty file)."""
     fd = os.open(path, os.O_RDONLY)
@@ -48,6 +73,8 @@ def atomic_path(path: str | Path, fsync: bool = False) -> Iterator[Path]:
     there replaces ``path`` (optionally fsynced first). On an exception the temporary file is removed and
     ``path`` is left untouched. The block must create the temporary file."""
     target = Path(path)
+    if target.parent.is_dir():
+        remove_stale_temporaries(target.parent, target.name)
     tmp = temporary_sibling(target)
     try:
         yield tmp

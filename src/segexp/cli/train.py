@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,11 +18,15 @@ from typing import Any
 import hydra
 import pytorch_lightning as pl
 from omegaconf import DictConfig
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from segexp import atomic
 from segexp.cli.precheck import run_cli
 from segexp.config import CONF_DIR
+from segexp.tables.store import METRICS_FILE
 from segexp.training.build import build_datamodule, build_module, validate
+from segexp.training.callbacks import Preempted
+from segexp.training.checkpoints import resolve_ckpt_path
 from segexp.training.harness import (
     build_callbacks,
     build_loggers,
@@ -34,16 +40,6 @@ from segexp.training.harness import (
 from segexp.training.module import SegmentationModule
 
 
-def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
-    """``last`` means ``<run dir>/checkpoints/last.ckpt``; a path must exist."""
-    if ckpt_path is None:
-        return None
-    path = output_dir / "checkpoints" / "last.ckpt" if ckpt_path == "last" else Path(ckpt_path)
-    if not path.is_file():
-        raise FileNotFoundError(f"ckpt_path={ckpt_path}: no checkpoint at {path}")
-    return str(path)
-
-
 def run_training(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) -> dict[str, Any]:
     """Train one configuration and return (and write) its final validation metrics; any failure, from the
     config check on, writes ``error.json`` instead."""
@@ -55,6 +51,7 @@ def run_training(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) -
         return module.global_step if module is not None and module._trainer is not None else 0
 
     with failure_record(output_dir, step):
+        set_aside_old_results(output_dir)
         validate(cfg)
         ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
         pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
@@ -66,7 +63,11 @@ def run_training(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) -
         try:
             callbacks = [*build_callbacks(cfg, loggers), *extra_callbacks]
             trainer = build_trainer(cfg, output_dir, loggers, callbacks)
-            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+            try:
+                trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+            except SIGTERMException as err:  # SIGTERM outside a training step (Preemption saves inside one)
+                raise Preempted(f"SIGTERM at step {trainer.global_step}: the state of the last checkpoint is kept; "
+                                "rerun with ckpt_path=auto in the same run folder to resume") from err
             if module.last_val_step != trainer.global_step and not trainer.interrupted:
                 trainer.validate(module, datamodule=datamodule, verbose=False)
             failed = trainer.interrupted
@@ -77,6 +78,15 @@ def run_training(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) -
         atomic.write_json(output_dir / "metrics.json", metrics)
         print_summary(output_dir, metrics, loggers)
     return metrics
+
+
+def set_aside_old_results(output_dir: Path) -> None:
+    """A finished run's ``metrics.json`` in the folder this run writes to becomes ``metrics.prev.json`` before
+    anything else happens: a run that then fails or is pre-empted never leaves a metrics.json that looks like
+    its own success (the table runner does the same for its rows)."""
+    old = output_dir / METRICS_FILE
+    if old.is_file():
+        os.replace(old, old.with_name("metrics.prev.json"))
 
 
 def print_summary(output_dir: Path, metrics: dict[str, Any], loggers: Sequence[Any]) -> None:
@@ -101,8 +111,13 @@ def dashboard_hint(logger: Any, output_dir: Path) -> str:
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def hydra_main(cfg: DictConfig) -> float:
-    """Returns val mIoU so Hydra sweepers can optimise it."""
-    return float(run_training(cfg)["mIoU"])
+    """Returns val mIoU so Hydra sweepers can optimise it. A pre-empted run exits with
+    :attr:`Preempted.EXIT_CODE` (its reason is in error.json and on stderr)."""
+    try:
+        return float(run_training(cfg)["mIoU"])
+    except Preempted as err:
+        print(f"segexp-train: pre-empted: {err}", file=sys.stderr)
+        sys.exit(Preempted.EXIT_CODE)
 
 
 def main() -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+import signal
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -281,8 +282,14 @@ class SegmentationDataModule(pl.LightningDataModule):
 
 def single_threaded_worker(worker_id: int) -> None:
     """Keep OpenCV in loader workers to one thread: N workers x all-core OpenCV pools oversubscribe
-    the CPU that the training step needs (augmentation randomness comes from the sampler's seeds)."""
+    the CPU that the training step needs (augmentation randomness comes from the sampler's seeds).
+
+    Workers also ignore the pre-emption signals (SIGTERM, SIGUSR1): a scheduler signals every process of the
+    job, and a worker killed by it would fail the very step during which the main process saves its state.
+    The main process stops them when it exits (and they exit by themselves if it dies)."""
     cv2.setNumThreads(1)
+    for signum in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(signum, signal.SIG_IGN)
 
 
 def _world() -> tuple[int, int]:

@@ -57,11 +57,12 @@ from segexp.tables.store import (
     profile_dir,
     read_json,
 )
+from segexp.training.checkpoints import checkpoint_candidates
 
 ROWS_FOLDER = ".table_rows"
 LOGS_FOLDER = "_logs"
 LOCK_FILE = ".lock"
-RESUMABLE_ERRORS = ("KeyboardInterrupt",)
+RESUMABLE_ERRORS = ("KeyboardInterrupt", "Preempted")
 """error.json errors after which a row resumes from last.ckpt instead of starting over."""
 MODULES = {TRAIN: "segexp.cli.train", EVAL: "segexp.cli.evaluate"}
 
@@ -128,11 +129,12 @@ def is_done(job: Job) -> bool:
 
 
 def can_resume(job: Job) -> bool:
-    """A killed training row of the same config with a last.ckpt continues from it."""
+    """A killed or pre-empted training row of the same config with a checkpoint continues from the newest
+    intact one (``ckpt_path=last``, :func:`segexp.training.checkpoints.newest_intact_checkpoint`)."""
     if job.kind != TRAIN or job_record(job).get("config_hash") != job.config_hash:
         return False
     error = (read_json(job.run_dir / ERROR_FILE) or {}).get("error")
-    return last_checkpoint(job.run_dir).is_file() and (error is None or error.startswith(RESUMABLE_ERRORS))
+    return bool(checkpoint_candidates(job.run_dir)) and (error is None or error.startswith(RESUMABLE_ERRORS))
 
 
 def prune_policy(job: Job, profile: Profile, has_dependents: bool) -> list[str]:

@@ -1,15 +1,21 @@
-"""Callbacks: the latest-state checkpoint, validation examples for the dashboards and submission PNGs for the
-evaluation servers."""
+"""Callbacks: checkpoints written atomically (the latest state, periodically and on pre-emption; the best by
+val mIoU), validation examples for the dashboards and submission PNGs for the evaluation servers."""
 
 from __future__ import annotations
 
+import logging
+import signal
+import threading
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
+from pytorch_lightning.plugins.environments import SLURMEnvironment
 from pytorch_lightning.trainer.states import TrainerFn
 from torch import Tensor
 
@@ -17,21 +23,44 @@ from segexp import atomic
 from segexp.data.datasets.base import IGNORE_INDEX, SegmentationDataset
 from segexp.data.submission import submission_name, submission_png
 
+log = logging.getLogger(__name__)
+
+
+def save_checkpoint_atomically(trainer: pl.Trainer, path: Path, weights_only: bool = False) -> None:
+    """``trainer.save_checkpoint`` through a temporary file that is flushed to disk and renamed over ``path``
+    (:mod:`segexp.atomic`): a kill at any instant leaves the old file or the new one, never a torn one, and a
+    failed write (a full disk) leaves the old file and raises an error naming ``path``. Every rank takes part
+    in gathering the state; only rank 0 writes."""
+    if not trainer.is_global_zero:
+        trainer.save_checkpoint(path, weights_only)
+        return
+    try:
+        with atomic.atomic_path(path, fsync=True) as tmp:
+            trainer.save_checkpoint(tmp, weights_only)
+    except OSError as err:  # a full disk, a quota, a vanished mount
+        raise OSError(err.errno, f"could not write checkpoint {path}: {err.strerror or err}; the previous "
+                                 "checkpoint is left as it was") from err
+
 
 class LastCheckpoint(pl.Callback):
-    """``<dirpath>/last.ckpt`` is always the latest training state: written after every validation during
-    fitting and once more when training ends, whatever the validation metric did.
+    """``<dirpath>/last.ckpt`` is always the latest training state: written every ``every_n_steps`` optimizer
+    steps (independent of validation; None or 0: never on that account), after every validation during
+    fitting, on pre-emption (:class:`Preemption`) and once more when training ends, whatever the validation
+    metric did.
 
     (Lightning's ``ModelCheckpoint(save_last=True)`` writes ``last.ckpt`` only when it also writes a top-k
     checkpoint, so with ``monitor`` set it lags behind whenever the metric did not improve.) The file is
-    written to a temporary file beside it and renamed over the old one (:mod:`segexp.atomic`), so an
-    interrupted write never replaces a good checkpoint with a torn one.
+    written atomically (:func:`save_checkpoint_atomically`).
     """
 
     FILENAME = "last.ckpt"
 
-    def __init__(self, dirpath: str | Path) -> None:
+    def __init__(self, dirpath: str | Path, every_n_steps: int | None = None) -> None:
+        if every_n_steps is not None and every_n_steps < 0:
+            raise ValueError(f"callbacks.last.every_n_steps must be >= 0 (0 or null: only at validation and the "
+                             f"end), got {every_n_steps}")
         self.dirpath = Path(dirpath)
+        self.every_n_steps = every_n_steps or 0
         self.saved_step: int | None = None
 
     @property
@@ -42,13 +71,14 @@ class LastCheckpoint(pl.Callback):
         """Write the trainer's full state (weights, optimizer, loops, callbacks) to ``last.ckpt``."""
         if self.saved_step == trainer.global_step:
             return
-        if trainer.is_global_zero:
-            with atomic.atomic_path(self.path) as tmp:
-                trainer.save_checkpoint(tmp)
-        else:  # every rank takes part in gathering the state; only rank 0 writes a file
-            trainer.save_checkpoint(self.path)
+        save_checkpoint_atomically(trainer, self.path)
         trainer.strategy.barrier("LastCheckpoint.save")
         self.saved_step = trainer.global_step
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if self.every_n_steps and trainer.global_step % self.every_n_steps == 0:
+            self.save(trainer)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking:
@@ -56,6 +86,90 @@ class LastCheckpoint(pl.Callback):
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.save(trainer)
+
+
+class AtomicModelCheckpoint(ModelCheckpoint):
+    """Lightning's ``ModelCheckpoint`` (the best checkpoint by a monitored metric, periodic ones) with every
+    file written atomically (:func:`save_checkpoint_atomically`) instead of in place."""
+
+    def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
+        save_checkpoint_atomically(trainer, Path(filepath), self.save_weights_only)
+        self._last_global_step_saved = trainer.global_step
+        self._last_checkpoint_saved = filepath
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.after_save_checkpoint(self)
+
+
+class Preempted(RuntimeError):
+    """Training stopped on a pre-emption signal after saving its state; rerunning the command resumes it."""
+
+    EXIT_CODE = 75
+    """The process's exit status after a pre-emption (sysexits' EX_TEMPFAIL: "try again later")."""
+
+
+class Preemption(pl.Callback):
+    """SIGTERM (a scheduler's pre-emption, ``kill``) or SIGUSR1 (what SLURM sends before a time limit with
+    ``--signal=USR1@<seconds>``) makes training save ``last.ckpt`` at the end of the current step and stop
+    with :class:`Preempted`; rerunning the same command with ``ckpt_path=auto`` resumes from it.
+
+    SIGTERM is caught by Lightning itself (it sets ``trainer.received_sigterm`` and stops after the step,
+    across DDP ranks); this callback saves the state first. SIGUSR1 gets a handler here, except where
+    Lightning's SLURM auto-requeue owns it (a SLURM job with ``auto_requeue``: Lightning then writes its own
+    ``hpc_ckpt_*.ckpt``, requeues the job and resumes from it; those files are resume candidates too).
+    """
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # After Lightning's signal connector has taken its snapshot of the handlers (it puts that snapshot back
+        # at teardown) and chosen its own: under SLURM auto-requeue it owns SIGUSR1, and this one stays out.
+        if threading.current_thread() is not threading.main_thread():
+            return
+        environment = trainer._accelerator_connector.cluster_environment
+        if isinstance(environment, SLURMEnvironment) and environment.auto_requeue:
+            return
+        self._previous[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        log.info("received %s: saving the state at the end of this step", signal.Signals(signum).name)
+        self.received = signum
+
+    def requested(self, trainer: pl.Trainer) -> str | None:
+        """The signal that asks to stop, or None. With several ranks they agree (any rank's signal counts), so
+        all of them save and stop at the same step."""
+        stop = self.received is not None or trainer.received_sigterm
+        if trainer.world_size > 1:
+            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
+        if not stop:
+            return None
+        return signal.Signals(self.received).name if self.received is not None else "SIGTERM"
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        name = self.requested(trainer)
+        if name is None:
+            return
+        last = next((c for c in trainer.callbacks if isinstance(c, LastCheckpoint)), None)
+        if last is None:
+            raise Preempted(f"{name} at step {trainer.global_step}: no `last` checkpoint callback, so nothing was "
+                            "saved")
+        last.save(trainer)
+        raise Preempted(f"{name} at step {trainer.global_step}: state saved to {last.path}; rerun the same "
+                        "command with ckpt_path=auto (or last) in the same run folder to resume")
+
+    def restore_handlers(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self.restore_handlers()
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self.restore_handlers()  # Lightning does not call teardown after an exception
 
 
 class ValidationExamples(pl.Callback):

@@ -1,17 +1,36 @@
-"""Read segexp-train checkpoints: the one reader (``weights_only=True``) and the model-weight checks.
+"""Read segexp-train checkpoints: the one reader (``weights_only=True``), the model-weight checks, and the
+choice of the checkpoint a run resumes from.
 
 Every error names the config key the path came from (``ckpt``, ``model.init_from``, ``ckpt_path``) and says
 why the file is not a usable segexp checkpoint.
+
+Resuming (``ckpt_path=last`` or ``auto``) takes the newest checkpoint of the run folder that loads: every
+``checkpoints/*.ckpt`` (``last.ckpt``, the best, Lightning's SLURM ``hpc_ckpt_*``) is read, a corrupt or
+truncated one is reported by path and skipped, and the one with the highest training step wins (``last.ckpt``
+on a tie). Checkpoints are written atomically (:mod:`segexp.atomic`), so a torn file only comes from outside
+(a copy cut short, a disk error); the temporaries of writes killed half-way (by processes that are gone) are
+removed first.
 """
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from segexp import atomic
 from segexp.config import ConfigError
+
+log = logging.getLogger(__name__)
+
+CHECKPOINTS_FOLDER = "checkpoints"
+LAST_CHECKPOINT = "last.ckpt"
+RESUME_CHOICES = ("last", "auto")
+"""``ckpt_path`` values that resume from the run folder: ``last`` needs a checkpoint there, ``auto`` starts
+afresh when there is none (the same command then both starts and resumes a run)."""
 
 
 def read_checkpoint(path: str, key: str) -> dict[str, Any]:
@@ -31,6 +50,70 @@ def read_checkpoint(path: str, key: str) -> dict[str, Any]:
         raise ConfigError(f"{key}={path}: not a Lightning checkpoint (no 'state_dict' entry), so not a segexp "
                           "checkpoint")
     return checkpoint
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A checkpoint file of a run folder and what reading it gave: its step, or why it cannot be read."""
+
+    path: Path
+    step: int | None
+    problem: str | None = None
+
+
+def checkpoint_candidates(run_dir: Path) -> list[Path]:
+    """Every ``<run_dir>/checkpoints/*.ckpt`` (not the hidden temporaries of unfinished writes)."""
+    folder = Path(run_dir) / CHECKPOINTS_FOLDER
+    return sorted(p for p in folder.glob("*.ckpt") if p.is_file()) if folder.is_dir() else []
+
+
+def inspect_checkpoint(path: Path) -> Candidate:
+    """Read ``path`` with the one reader; its ``global_step``, or the reason it cannot be resumed from."""
+    try:
+        checkpoint = read_checkpoint(str(path), "ckpt_path")
+    except ConfigError as err:
+        return Candidate(path, None, str(err.__cause__ or err))
+    step = checkpoint.get("global_step")
+    if not isinstance(step, int):
+        return Candidate(path, None, "no global_step: not a training checkpoint")
+    return Candidate(path, step)
+
+
+def newest_intact_checkpoint(run_dir: Path, choice: str) -> Path | None:
+    """The checkpoint ``ckpt_path=last|auto`` resumes from (see the module docstring). A corrupt candidate is
+    logged as a warning naming it; when none loads, the ConfigError names every file tried. None for
+    ``auto`` in a folder without checkpoints (a fresh start)."""
+    if (Path(run_dir) / CHECKPOINTS_FOLDER).is_dir():  # writes killed half-way (never a valid checkpoint)
+        atomic.remove_stale_temporaries(Path(run_dir) / CHECKPOINTS_FOLDER)
+    paths = checkpoint_candidates(run_dir)
+    folder = Path(run_dir) / CHECKPOINTS_FOLDER
+    if not paths:
+        if choice == "auto":
+            return None
+        raise ConfigError(f"ckpt_path={choice}: no checkpoint in {folder} to resume from (ckpt_path=auto starts "
+                          "afresh when there is none)")
+    candidates = [inspect_checkpoint(path) for path in paths]
+    for bad in (c for c in candidates if c.problem):
+        log.warning("ckpt_path=%s: skipping %s: %s", choice, bad.path, bad.problem)
+    intact = [c for c in candidates if c.problem is None]
+    if not intact:
+        tried = "; ".join(f"{c.path}: {c.problem}" for c in candidates)
+        raise ConfigError(f"ckpt_path={choice}: no checkpoint in {folder} can be read; tried {tried}")
+    newest = max(intact, key=lambda c: (c.step, c.path.name == LAST_CHECKPOINT))
+    log.info("ckpt_path=%s: resuming from %s (step %d)", choice, newest.path, newest.step)
+    return newest.path
+
+
+def resolve_ckpt_path(ckpt_path: str | None, run_dir: Path) -> str | None:
+    """The checkpoint a training run starts from: ``last`` / ``auto`` pick the newest intact one of the run
+    folder (:func:`newest_intact_checkpoint`); any other value is a path that must be a readable checkpoint."""
+    if ckpt_path is None:
+        return None
+    if ckpt_path in RESUME_CHOICES:
+        newest = newest_intact_checkpoint(run_dir, ckpt_path)
+        return None if newest is None else str(newest)
+    read_checkpoint(ckpt_path, "ckpt_path")
+    return str(Path(ckpt_path).expanduser())
 
 
 def checkpoint_model_weights(path: str) -> dict[str, torch.Tensor]:
