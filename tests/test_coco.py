@@ -153,6 +153,10 @@ def test_split_union_of_converted_splits(tmp_path: Path) -> None:
     root = make_coco(tmp_path)
     assert main(["--root", str(root), "--splits", "train2017"]) == 0
     (root / "voc_labels" / "val2017.txt").write_text("000000000009 700\n000000000008 50\n")  # as if converted
+    for stem in ("000000000009", "000000000008"):  # the listed files exist (a dataset checks that when built)
+        for path in (root / "val2017" / f"{stem}.jpg", root / "voc_labels" / "val2017" / f"{stem}.png"):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.touch()
     union = COCOVOC(root, split="val+train", min_region_pixels=30)
     assert [str(image.relative_to(root)) for image, _ in union.samples] == [
         "val2017/000000000009.jpg", "val2017/000000000008.jpg", "train2017/000000000001.jpg"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 import time
 from pathlib import Path
 
@@ -277,8 +278,13 @@ class Listed(SegmentationDataset):
 
     def list_samples(self, split: str) -> list[tuple[Path, Path | None]]:
         check_split(split, self.SPLITS, "Listed")
-        listed = self.SPLITS[split]
-        return [(self.root / image, None if label is None else self.root / label) for image, label in listed]
+        listed = [(self.root / image, None if label is None else self.root / label)
+                  for image, label in self.SPLITS[split]]
+        for image, label in listed:  # listed files must exist
+            image.touch()
+            if label is not None:
+                label.touch()
+        return listed
 
 
 def _names(dataset: SegmentationDataset) -> list[str]:
@@ -342,6 +348,7 @@ def test_every_dataset_accepts_split_unions(tmp_path: Path) -> None:
     aug_sets.mkdir(parents=True)
     (aug_sets / "train_aug.txt").write_text("".join(f"{n}\n" for n in VOC_TRAIN))
     (aug_sets / "val.txt").write_text("".join(f"{n}\n" for n in VOC_VAL))
+    shutil.copytree(voc_root / "SegmentationClass", voc_root / "SegmentationClassAug")
     aug = VOCAug(voc_root, "train+val")
     assert _names(aug) == [f"{n}.jpg" for n in VOC_TRAIN + VOC_VAL]
     assert aug.samples[0][1] == voc_root / "SegmentationClassAug" / f"{VOC_TRAIN[0]}.png"
@@ -394,12 +401,14 @@ def test_out_of_range_label_value(tmp_path: Path) -> None:
 def test_corrupt_and_missing_files(tmp_path: Path) -> None:
     root = make_voc(tmp_path)
     (root / "JPEGImages" / f"{VOC_TRAIN[0]}.jpg").write_bytes(b"\xff\xd8 definitely not a jpeg")
-    (root / "SegmentationClass" / f"{VOC_TRAIN[1]}.png").unlink()
     dataset = VOC(root)
     with pytest.raises(DatasetError, match=f"cannot read image file .*{VOC_TRAIN[0]}.jpg"):
         dataset[0]
+    (root / "SegmentationClass" / f"{VOC_TRAIN[1]}.png").unlink()
     with pytest.raises(DatasetError, match=f"label file not found: .*{VOC_TRAIN[1]}.png"):
-        dataset[1]
+        dataset[1]  # removed after the dataset was built
+    with pytest.raises(DatasetError, match=f"split 'train' lists 1 file.* do not exist: label .*{VOC_TRAIN[1]}.png"):
+        VOC(root)
     png = tmp_path / "truncated.png"
     write_rgb(png, random_image(0, 64, 64))
     png.write_bytes(png.read_bytes()[:200])

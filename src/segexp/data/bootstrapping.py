@@ -55,7 +55,8 @@ def encoded_label(dataset: SegmentationDataset, index: int) -> np.ndarray:
     """Sample ``index``'s training-id label, reading only the label file when the dataset has files."""
     label_path = dataset.samples[index][1] if dataset.samples else None
     if label_path is not None:
-        return check_label_values(dataset.encode_label(load_label(label_path)), dataset.num_classes, label_path)
+        raw = load_label(label_path, dataset.LABEL_PALETTE)
+        return check_label_values(dataset.encode_label(raw), dataset.num_classes, label_path)
     return dataset.load_sample(index)[1]
 
 

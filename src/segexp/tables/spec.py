@@ -10,6 +10,7 @@ overrides; whether they compose is checked by composing them (see :mod:`segexp.t
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -48,6 +49,8 @@ INIT_KEY = "model.init_from"
 RESERVED_KEYS = ("seed", "output_dir", "ckpt_path", "ckpt", "table_row", "hydra")
 """Keys the runner sets itself; a spec or profile may not override them."""
 ROW_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+CONFIG_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_/-]*(\.[A-Za-z0-9_/-]+)*$")
+"""A config group or node a profile may ``drop``: ``dataset``, ``data.crop_size``, ``hydra/launcher``."""
 TABLE_FILE = re.compile(r"^t(\d+)$")
 
 
@@ -207,12 +210,87 @@ class Profile:
     """True: reports go to ``experiments/results/`` (tracked evidence); False: scratch under outputs."""
 
 
+def yaml_kind(value: Any) -> str:
+    """What a YAML value is, in YAML's words (for messages): ``a list``, ``a string``, ``null``..."""
+    kinds = ((bool, "a boolean"), (int, "an integer"), (float, "a number"), (str, "a string"), (list, "a list"),
+             (dict, "a mapping"))
+    if value is None:
+        return "null"
+    return next((kind for cls, kind in kinds if isinstance(value, cls)), type(value).__name__)
+
+
+def _duplicate_key(node: yaml.Node, where: str = "", seen: set[int] | None = None) -> tuple[str, int, int] | None:
+    """The first key written twice in one mapping of the YAML ``node`` tree: (full key, first line, second line).
+
+    PyYAML keeps the last value of a repeated key silently, which would drop e.g. a row's first ``overrides``.
+    """
+    seen = set() if seen is None else seen
+    if id(node) in seen:  # an alias of an anchor already walked
+        return None
+    seen.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        lines: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            key = str(key_node.value) if isinstance(key_node, yaml.ScalarNode) else None
+            full = f"{where}.{key}" if where else str(key)
+            line = key_node.start_mark.line + 1
+            if key is not None and key != "<<":
+                if key in lines:
+                    return full, lines[key], line
+                lines[key] = line
+            found = _duplicate_key(value_node, full, seen)
+            if found:
+                return found
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            found = _duplicate_key(item, f"{where}[{index}]", seen)
+            if found:
+                return found
+    return None
+
+
+def _yaml_problem(err: yaml.MarkedYAMLError) -> str:
+    """``line L, column C: <problem> (<context> at line L', column C')``: where the parser gave up and why."""
+
+    def at(mark: Any) -> str:
+        return f"line {mark.line + 1}, column {mark.column + 1}"
+
+    text = err.problem or "cannot parse"
+    if err.context:
+        text += f" ({err.context}" + (f" at {at(err.context_mark)})" if err.context_mark is not None else ")")
+    mark = err.problem_mark or err.context_mark
+    return f"{at(mark)}: {text}" if mark is not None else text
+
+
+def read_yaml(path: Path, allowed: Sequence[str]) -> dict[str, Any]:
+    """The top-level mapping of the YAML file ``path``; a :class:`SpecError` naming the file (and the key or
+    line) if it cannot be read, does not parse, repeats a key in one mapping, is empty or is not a mapping."""
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        fail(path, "<file>", f"cannot read the file: {err}")
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as err:
+        fail(path, "<yaml>", f"not valid YAML: {_yaml_problem(err)}")
+    except yaml.YAMLError as err:
+        fail(path, "<yaml>", f"not valid YAML: {str(err).replace(chr(10), ' ')}")
+    if node is None or data is None:
+        fail(path, "<top level>", f"the file is empty; expected a mapping with the keys {', '.join(allowed)}")
+    duplicate = _duplicate_key(node)
+    if duplicate is not None:
+        key, first, second = duplicate
+        fail(path, key, f"written twice (lines {first} and {second}); YAML would keep the last one silently")
+    return data
+
+
 class _Mapping:
     """A YAML mapping being read: typed getters whose errors name the file and the full key."""
 
     def __init__(self, data: Any, path: Path, where: str, allowed: Sequence[str]) -> None:
         if not isinstance(data, dict):
-            fail(path, where or "<top level>", f"expected a mapping, got {type(data).__name__}")
+            fail(path, where or "<top level>", f"expected a mapping, got {yaml_kind(data)}")
         self.data, self.path, self.where = data, path, where
         for key in data:
             if key not in allowed:
@@ -249,18 +327,29 @@ class _Mapping:
             fail(self.path, self.key(name), f"must be one of {', '.join(choices)}, got '{value}'")
         return value
 
-    def strings(self, name: str) -> tuple[str, ...]:
+    def strings(self, name: str, unique: bool = False) -> tuple[str, ...]:
         values = self.get(name, list, default=[])
         for index, value in enumerate(values):
             if not isinstance(value, str):
                 fail(self.path, f"{self.key(name)}[{index}]", f"expected a string, got {value!r}")
+            if unique and value in values[:index]:
+                fail(self.path, f"{self.key(name)}[{index}]",
+                     f"'{value}' is listed twice (also {self.key(name)}[{values.index(value)}])")
         return tuple(values)
+
+    def positive(self, name: str) -> int | None:
+        value = self.get(name, int)
+        if value is not None and value < 1:
+            fail(self.path, self.key(name), f"must be >= 1, got {value}")
+        return value
 
     def numbers(self, name: str, required: bool = False) -> dict[str, float]:
         values = self.get(name, dict, required, default={})
         for key, value in values.items():
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 fail(self.path, f"{self.key(name)}.{key}", f"expected a number, got {value!r}")
+            if not math.isfinite(value):
+                fail(self.path, f"{self.key(name)}.{key}", f"expected a finite number, got {value!r}")
         return {str(k): float(v) for k, v in values.items()}
 
 
@@ -270,8 +359,9 @@ def override_key(override: str) -> str:
 
 
 def check_overrides(overrides: Sequence[str], path: Path, key: str) -> None:
-    """Hydra-parsable, single-valued, no deletions, no keys the runner owns."""
+    """Hydra-parsable, single-valued, no deletions, no keys the runner owns, no key set twice."""
     parser = OverridesParser.create()
+    first: dict[str, int] = {}
     for index, text in enumerate(overrides):
         where = f"{key}[{index}]"
         if text.startswith("~"):
@@ -287,13 +377,16 @@ def check_overrides(overrides: Sequence[str], path: Path, key: str) -> None:
             fail(path, where, f"'{text}' does not parse as a Hydra override: {err}")
         if parsed.is_sweep_override():
             fail(path, where, f"'{text}' is a sweep; write one row per value")
+        if name in first:
+            fail(path, where, f"'{text}' sets {name} again (already set by {key}[{first[name]}]); keep one")
+        first[name] = index
 
 
 def _protocol(node: _Mapping, name: str) -> Protocol | None:
     if not node.has(name):
         return None
     sub = _Mapping(node.data[name], node.path, node.key(name), ("effective_batch", "max_steps"))
-    return Protocol(effective_batch=sub.get("effective_batch", int), max_steps=sub.get("max_steps", int))
+    return Protocol(effective_batch=sub.positive("effective_batch"), max_steps=sub.positive("max_steps"))
 
 
 ROW_KEYS = ("name", "label", "overrides", "paper", "notes", "eval_of", "eval_overrides", "init_from", "measure",
@@ -319,12 +412,15 @@ def _row(data: Any, path: Path, where: str) -> Row:
         eval_of=node.text("eval_of"),
         eval_overrides=node.strings("eval_overrides"),
         init_from=node.text("init_from"),
-        measure=node.strings("measure"),
+        measure=node.strings("measure", unique=True),
         baseline=node.text("baseline"),
         protocol=_protocol(node, "protocol"),
     )
     check_overrides(row.overrides, path, node.key("overrides"))
     check_overrides(row.eval_overrides, path, node.key("eval_overrides"))
+    if row.eval_of == name:
+        fail(path, node.key("eval_of"), f"a row cannot evaluate itself; name the row whose checkpoint '{name}' "
+                                        "evaluates")
     if row.is_eval and row.overrides:
         fail(path, node.key("overrides"), "an eval-only row (eval_of) reuses a checkpoint: use eval_overrides")
     if not row.is_eval and row.eval_overrides:
@@ -355,8 +451,8 @@ def _check_table(spec: TableSpec) -> None:
     names = spec.row_names()
     for index, row in enumerate(spec.rows):
         where = f"rows[{index}]"
-        if names.count(row.name) > 1:
-            fail(path, f"{where}.name", f"duplicate row name '{row.name}'")
+        if row.name in names[:index]:
+            fail(path, f"{where}.name", f"duplicate row name '{row.name}' (also rows[{names.index(row.name)}].name)")
         for metric in row.paper:
             if metric not in spec.metrics:
                 fail(path, f"{where}.paper.{metric}", f"not one of the table's metrics {list(spec.metrics)}")
@@ -388,18 +484,14 @@ def lineage(spec: TableSpec, name: str) -> list[str]:
 
 def load_spec(path: Path) -> TableSpec:
     """Read and validate one ``experiments/<paper>/t<N>.yaml``."""
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        fail(path, "<yaml>", str(err).replace("\n", " "))
-    node = _Mapping(data, path, "", TABLE_KEYS)
-    rows = node.get("rows", list, required=True)
+    node = _Mapping(read_yaml(path, TABLE_KEYS), path, "", TABLE_KEYS)
+    rows = node.get("rows", list, required=True) or fail(path, "rows", "list at least one row")
     spec = TableSpec(
         id=node.text("id", required=True),
         title=node.text("title", required=True),
         paper=node.text("paper", required=True),
         dataset=node.text("dataset", required=True),
-        metrics=node.strings("metrics") or fail(path, "metrics", "list at least one metric"),
+        metrics=node.strings("metrics", unique=True) or fail(path, "metrics", "list at least one metric"),
         status=node.choice("status", (READY, PENDING), default=READY),
         pending_reason=node.text("pending_reason"),
         notes=node.text("notes"),
@@ -441,18 +533,14 @@ def load_profile(name: str, root: Path = PROFILES_DIR) -> Profile:
     if not path.is_file():
         known = ", ".join(sorted(p.stem for p in root.glob("*.yaml")))
         raise SpecError(f"unknown profile '{name}' (no {display_path(path)}); profiles: {known}")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        fail(path, "<yaml>", str(err).replace("\n", " "))
-    node = _Mapping(data, path, "", PROFILE_KEYS)
+    node = _Mapping(read_yaml(path, PROFILE_KEYS), path, "", PROFILE_KEYS)
     profile = Profile(
         name=name,
         description=node.text("description", required=True),
         path=path,
         overrides=node.strings("overrides"),
         eval_overrides=node.strings("eval_overrides"),
-        drop=node.strings("drop"),
+        drop=node.strings("drop", unique=True),
         check_protocol=node.get("check_protocol", bool, default=False),
         checkpoints=node.choice("checkpoints", CHECKPOINT_POLICIES, default="keep"),
         distributed=_distributed(node),
@@ -460,6 +548,9 @@ def load_profile(name: str, root: Path = PROFILES_DIR) -> Profile:
     )
     check_overrides(profile.overrides, path, "overrides")
     check_overrides(profile.eval_overrides, path, "eval_overrides")
+    for index, key in enumerate(profile.drop):
+        if not CONFIG_KEY.match(key):
+            fail(path, f"drop[{index}]", f"'{key}' is not a config group or key (e.g. data or data.crop_size)")
     return profile
 
 
@@ -467,9 +558,8 @@ def _distributed(node: _Mapping) -> Distributed | None:
     if not node.has("distributed"):
         return None
     sub = _Mapping(node.data["distributed"], node.path, node.key("distributed"), DISTRIBUTED_KEYS)
-    most = sub.get("max_processes", int, required=True)
-    if most < 1:
-        fail(node.path, sub.key("max_processes"), f"must be >= 1, got {most}")
+    sub.get("max_processes", int, required=True)
+    most = sub.positive("max_processes")
     distributed = Distributed(max_processes=most, overrides=sub.strings("overrides"))
     check_overrides(distributed.overrides, node.path, sub.key("overrides"))
     return distributed

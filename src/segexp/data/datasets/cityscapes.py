@@ -80,11 +80,12 @@ class Cityscapes(SegmentationDataset):
         split: str = "train",
         transform: A.Compose | None = None,
         mode: str = "fine",
+        skip_bad_samples: bool = False,
     ) -> None:
         if mode not in LABEL_FOLDERS:
             raise DatasetError(f"Cityscapes: unknown mode {mode!r}; expected one of {tuple(LABEL_FOLDERS)}")
         self.mode = mode
-        super().__init__(root, split, transform)
+        super().__init__(root, split, transform, skip_bad_samples)
 
     def list_samples(self, split: str) -> list[tuple[Path, Path | None]]:
         """Every ``leftImg8bit/<split>/<city>/*_leftImg8bit.png`` with its labelIds file (None for test)."""

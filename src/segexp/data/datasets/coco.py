@@ -50,12 +50,13 @@ class COCOVOC(SegmentationDataset):
         transform: A.Compose | None = None,
         min_region_pixels: int = 1000,
         image_root: str | Path | None = None,
+        skip_bad_samples: bool = False,
     ) -> None:
         if min_region_pixels < 0:
             raise DatasetError(f"COCOVOC: min_region_pixels must be >= 0, got {min_region_pixels}")
         self.min_region_pixels = min_region_pixels
         self.image_root = Path(image_root if image_root is not None else root).expanduser()
-        super().__init__(root, split, transform)
+        super().__init__(root, split, transform, skip_bad_samples)
 
     def list_samples(self, split: str) -> list[tuple[Path, Path | None]]:
         """The converted images of ``split`` (after its alias) whose largest VOC region is large enough."""

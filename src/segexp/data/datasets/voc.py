@@ -49,11 +49,16 @@ def _id_samples(root: Path, split_file: Path, label_dir: str) -> list[tuple[Path
 
 
 class VOC(SegmentationDataset):
-    """VOC 2012 with the official ``SegmentationClass`` labels; splits train, val, trainval, test (unlabelled)."""
+    """VOC 2012 with the official ``SegmentationClass`` labels; splits train, val, trainval, test (unlabelled).
+
+    The labels are palette PNGs whose index is the class id; a palette label whose colours for its classes are
+    not :data:`VOC_PALETTE` is rejected (its indices would not be class ids), see ``LABEL_PALETTE``.
+    """
 
     SPLITS: ClassVar[tuple[str, ...]] = ("train", "val", "trainval", "test")
     CLASSES: ClassVar[tuple[str, ...]] = VOC_CLASSES
     PALETTE: ClassVar[tuple[tuple[int, int, int], ...]] = VOC_PALETTE
+    LABEL_PALETTE: ClassVar[tuple[tuple[int, int, int], ...] | None] = VOC_PALETTE
 
     def list_samples(self, split: str) -> list[tuple[Path, Path | None]]:
         """The ids of ``ImageSets/Segmentation/<split>.txt``; the test split's label paths are None."""
