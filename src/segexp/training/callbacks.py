@@ -39,14 +39,16 @@ class LastCheckpoint(pl.Callback):
         return self.dirpath / self.FILENAME
 
     def save(self, trainer: pl.Trainer) -> None:
-        """Write the trainer's full state (weights, optimizer, loops, callbacks) to ``last.ckpt``."""
+        """Write the trainer's full state (weights, optimizer, loops, callbacks) to ``last.ckpt``: Lightning's
+        ``weights_only=False`` when saving (a resume needs more than weights). The full state is plain tensors,
+        numbers and strings, so resuming reads it back with ``weights_only=True`` (no pickled objects)."""
         if self.saved_step == trainer.global_step:
             return
         if trainer.is_global_zero:
             with atomic.atomic_path(self.path) as tmp:
-                trainer.save_checkpoint(tmp)
+                trainer.save_checkpoint(tmp, weights_only=False)
         else:  # every rank takes part in gathering the state; only rank 0 writes a file
-            trainer.save_checkpoint(self.path)
+            trainer.save_checkpoint(self.path, weights_only=False)
         trainer.strategy.barrier("LastCheckpoint.save")
         self.saved_step = trainer.global_step
 
