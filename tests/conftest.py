@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from omegaconf import DictConfig
 
-from segexp.config import compose_config
+from segexp.config import TRUST_TARGETS_ENV, compose_config
 
 CAMVID_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "camvid"
 
@@ -42,6 +42,19 @@ def wandb_record(output_dir: Path, *expected: bytes, timeout_s: float = 30.0) ->
         if all(part in data for part in expected) or time.monotonic() > deadline:
             return data
         time.sleep(0.2)
+
+
+@pytest.fixture(autouse=True)
+def untrusted_targets(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test starts with the target checks on (whatever the shell has), and what a test switches on
+    (``--trust-targets`` sets the variable in this process) is undone after it."""
+    monkeypatch.setenv(TRUST_TARGETS_ENV, "")
+
+
+@pytest.fixture
+def trusted_targets(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run as with ``--trust-targets``: for tests that plug their own classes in (``_target_=tests....``)."""
+    monkeypatch.setenv(TRUST_TARGETS_ENV, "1")
 
 
 @pytest.fixture

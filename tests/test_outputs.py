@@ -241,6 +241,7 @@ class ScaleWeights(nn.Module):
         return sum(w * x for w, x in zip(weights, logits))
 
 
+@pytest.mark.usefixtures("trusted_targets")  # a class of this test module: not an allowed package
 def test_a_new_fusion_plugs_in_from_the_config_and_is_trained(make_cfg) -> None:
     from segexp.training.build import build_datamodule
 

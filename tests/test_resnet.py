@@ -496,6 +496,7 @@ def test_a_wrapped_unit_is_on_the_forward_path_and_follows_the_output_stride() -
         wrapped.wrap_unit("layer4.0", partial(lambda unit: nn.Identity()))
 
 
+@pytest.mark.usefixtures("trusted_targets")  # a class of this test module: not an allowed package
 def test_unit_wrappers_come_from_the_config(make_cfg) -> None:
     from segexp.models.build import build_segmentor
 

@@ -176,6 +176,7 @@ class RecordingFusion(nn.Module):
         return torch.stack(logits).mean(0)
 
 
+@pytest.mark.usefixtures("trusted_targets")  # a class of this test module: not an allowed package
 def test_the_fusion_reads_the_heads_penultimate_features_per_scale(make_cfg) -> None:
     cfg = make_cfg("fusion=mean", "fusion._target_=tests.test_scale_attention.RecordingFusion",
                    "+fusion.in_keys=[layer3,head]", "head.channels=16", base=SMALL)

@@ -25,7 +25,7 @@ from omegaconf import DictConfig
 from PIL import Image, ImageDraw
 
 from segexp.cli.precheck import check_command_line, exit_on_config_error
-from segexp.config import ConfigError, compose_config
+from segexp.config import TRUST_TARGETS_FLAG, ConfigError, compose_config, trust_targets
 from segexp.data.datasets.base import IGNORE_INDEX, DatasetError, SegmentationDataset
 from segexp.models.losses.boundary_aware import BoundaryAwareLoss
 from segexp.training.build import validate
@@ -50,6 +50,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=Path("outputs/bal_map.png"), help="PNG to write")
     parser.add_argument("--colors", type=int, default=0,
                         help="quantise the picture to this many colours (median cut) for a smaller file; 0: full RGB")
+    parser.add_argument(TRUST_TARGETS_FLAG, action="store_true",
+                        help="allow _target_ values outside the allowed packages (see segexp-train --help)")
     return parser.parse_args(list(argv))
 
 
@@ -129,6 +131,8 @@ def write_bal_map(cfg: DictConfig, split: str, index: int, out: Path, colors: in
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.trust_targets:
+        trust_targets()
     if not 0 <= args.colors <= 256:
         raise SystemExit(f"segexp-bal-map: --colors {args.colors}: give 0 (full RGB) or 1-256")
     overrides = with_defaults(args.overrides)

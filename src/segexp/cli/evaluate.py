@@ -1,4 +1,5 @@
-"""``segexp-eval ckpt=<file> [dataset=...] [save_predictions=true]``: evaluate a checkpoint, write ``metrics.json``.
+"""``segexp-eval ckpt=<file> [dataset=...] [save_predictions=true] [--trust-targets]``: evaluate a checkpoint, write
+``metrics.json``.
 
 The architecture is rebuilt from the resolved config stored in the checkpoint (so no model
 flags need repeating); the dataset, inference strategy, eval output stride and trainer come
@@ -13,6 +14,10 @@ see :mod:`segexp.data.submission`); ``metrics.json`` then also holds ``predictio
 be evaluated with ``save_predictions=true``; its ``mIoU``, ``pixel_acc`` and ``mean_acc`` are null and
 ``per_class_iou`` maps every class name to null (the same keys as a labelled run), since there is nothing
 to score: the evaluation server computes the scores from the PNGs.
+
+The checkpoint is read with ``weights_only=True`` (no pickled objects), and the ``_target_`` values of the config
+stored in it are checked like those of a config file (:mod:`segexp.config`): a checkpoint from someone else names
+only classes of the allowed packages unless ``--trust-targets`` is given.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from segexp import atomic
 from segexp.cli.precheck import exit_on_config_error, run_cli
-from segexp.config import CONF_DIR, ConfigError
+from segexp.config import CONF_DIR, ConfigError, TargetOrigin, hydra_target_origin
 from segexp.data.datasets.base import SegmentationDataset
 from segexp.training.build import build_datamodule, build_module, validate
 from segexp.training.callbacks import SavePredictions
@@ -65,6 +70,25 @@ def run_config(cfg: DictConfig, stored: dict[str, Any]) -> DictConfig:
     for key in ("inference", "trainer", "logger", "callbacks", "output_dir", "seed"):
         run[key] = cfg.get(key)
     return run
+
+
+EVAL_KEYS = ("inference", "trainer", "logger", "callbacks")
+"""Top-level nodes of the evaluated config that come from segexp-eval's own config, not the checkpoint's."""
+
+
+def stored_config_origin(cfg: DictConfig) -> TargetOrigin:
+    """Where a refused ``_target_`` of the evaluated config came from: segexp-eval's own config for its nodes
+    (:data:`EVAL_KEYS`, and ``dataset`` when given), else the training config stored in the checkpoint (a checkpoint
+    from someone else names code as a config file does)."""
+    own = hydra_target_origin()
+
+    def origin(key: str, target: str) -> str | None:
+        root = key.split(".")[0].split("[")[0]
+        if root in EVAL_KEYS or (root == "dataset" and cfg.get("dataset") is not None):
+            return own(key, target) if own else None
+        return f"the training config stored in ckpt={cfg.ckpt}"
+
+    return origin
 
 
 def check_scorable(dataset: SegmentationDataset, split: str, save_predictions: bool) -> None:
@@ -116,7 +140,7 @@ def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
 def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
     checkpoint = load_checkpoint(str(cfg.ckpt))
     run = run_config(cfg, checkpoint["segexp"]["config"])
-    validate(run)
+    validate(run, origin=stored_config_origin(cfg))
     datamodule = build_datamodule(run)
     trained_classes = checkpoint["segexp"]["class_names"]
     if list(datamodule.class_names) != list(trained_classes):

@@ -16,8 +16,8 @@ import torch
 from omegaconf import DictConfig
 from torch.utils.flop_counter import FlopCounterMode
 
-from segexp.cli.precheck import check_command_line, exit_on_config_error
-from segexp.config import compose_config
+from segexp.cli.precheck import check_command_line, check_command_line_targets, exit_on_config_error
+from segexp.config import compose_config, take_trust_flag
 from segexp.models.build import build_segmentor
 from segexp.training.build import build_datamodule, validate
 
@@ -52,20 +52,22 @@ def model_summary(cfg: DictConfig) -> dict[str, Any]:
     }
 
 
-USAGE = """usage: segexp-info [OVERRIDE ...] [--json]
+USAGE = """usage: segexp-info [OVERRIDE ...] [--json] [--trust-targets]
 
 The model a training config builds, without training: parameters (total and per part), size in MB as
 float32, output stride and FLOPs of one forward pass on one training crop. OVERRIDEs are those of
-segexp-train, e.g.:  segexp-info backbone=resnet101 head=aspp dataset=voc data.crop_size=[513,513]"""
+segexp-train, e.g.:  segexp-info backbone=resnet101 head=aspp dataset=voc data.crop_size=[513,513]
+--trust-targets allows _target_ values outside the allowed packages, as for segexp-train."""
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    args = list(sys.argv[1:] if argv is None else argv)
+    args = take_trust_flag(sys.argv[1:] if argv is None else argv)
     if "-h" in args or "--help" in args:
         print(USAGE)
         return
     as_json = "--json" in args
     overrides = [a for a in args if a != "--json"]
+    exit_on_config_error(lambda: check_command_line_targets(overrides, "train"))
     exit_on_config_error(lambda: check_command_line(overrides, "train"))
     summary = model_summary(compose_config(overrides))
     if as_json:

@@ -1,4 +1,5 @@
-"""Command-line checks run before Hydra: a misspelt key gets a "did you mean" answer and exit status 2."""
+"""Command-line checks run before Hydra: a misspelt key gets a "did you mean" answer and exit status 2, and a config
+naming code outside the allowed packages (see :mod:`segexp.config`) is refused before anything of it is imported."""
 
 from __future__ import annotations
 
@@ -10,11 +11,30 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from segexp.config import CONF_DIR, ConfigError, compose_config
+from segexp.config import (
+    CONF_DIR,
+    TRUST_TARGETS_FLAG,
+    ConfigError,
+    UntrustedTargetError,
+    check_config_targets,
+    check_override_targets,
+    compose_config,
+    take_trust_flag,
+    target_origin,
+    targets_trusted,
+)
 from segexp.training.build import validate
 
 HYDRA_FLAGS_WITHOUT_PRECHECK = ("-m", "--multirun", "-h", "--help", "--hydra-help", "-c", "--cfg", "-i", "--info",
                                 "--shell-completion", "-sc")
+HYDRA_FLAGS_RUNNING_NOTHING = ("-h", "--help", "--hydra-help", "-c", "--cfg", "-i", "--info", "--shell-completion",
+                               "-sc")
+"""Hydra flags that print and exit without instantiating anything: no target check needed."""
+RERUN_FLAG = "--experimental-rerun"
+"""Hydra's rerun of a pickled config: unpickling a file runs whatever it holds."""
+MAX_TARGET_COMPOSITIONS = 32
+"""Compositions the target check of a sweep makes at most (one per swept group choice); beyond, each job's own
+:func:`segexp.training.build.validate` still checks its config's targets before importing them."""
 
 
 def check_command_line(argv: Sequence[str], config_name: str) -> None:
@@ -49,6 +69,60 @@ def check_command_line(argv: Sequence[str], config_name: str) -> None:
         return
 
 
+def check_command_line_targets(argv: Sequence[str], config_name: str) -> None:
+    """Raise :class:`UntrustedTargetError` when the run ``argv`` asks for would name code outside the allowed
+    packages: an override of a ``_target_`` (each value of a sweep), or a ``_target_`` of the composed config,
+    ``hydra`` node included (Hydra instantiates its callbacks, launcher and logging before the job starts), named
+    with the override or config file it came from. A sweep is composed once per swept value of a top-level key or
+    group (``experiment=a,b``), at most :data:`MAX_TARGET_COMPOSITIONS` times. Nothing is checked when
+    :func:`segexp.config.targets_trusted`; what cannot be composed here is left to Hydra and to the job's
+    :func:`segexp.training.build.validate`."""
+    if targets_trusted():
+        return
+    if any(arg.split("=")[0] == RERUN_FLAG for arg in argv):
+        raise UntrustedTargetError(f"{RERUN_FLAG} loads a pickled config, which can run any code; run with "
+                                   f"{TRUST_TARGETS_FLAG} to allow it")
+    if any(arg.split("=")[0] in HYDRA_FLAGS_RUNNING_NOTHING for arg in argv):
+        return
+    overrides = [arg for arg in argv if not arg.startswith("-")]
+    for override in overrides:
+        check_override_targets(override, f"the command-line override '{override}'")
+    for combination in sweep_combinations(overrides)[:MAX_TARGET_COMPOSITIONS]:
+        try:
+            cfg = compose_config(combination, config_name, with_hydra=True)
+        except Exception:  # noqa: BLE001 -- Hydra reports what does not compose
+            continue
+        check_config_targets(cfg, origin=lambda key, target, o=combination: target_origin(key, target, o, config_name))
+
+
+def sweep_combinations(overrides: Sequence[str]) -> list[list[str]]:
+    """Override lists without sweeps that together use every value of each sweep over a top-level key or a group
+    (``experiment=a,b``, ``+table_row=x,y``): the first value of every sweep, then each further value of those
+    sweeps in turn. A sweep of a nested key (``head.rates=[6],[12]``) keeps its first value: its values are checked
+    as overrides (:func:`segexp.config.check_override_targets`), they select no config file. Overrides Hydra cannot
+    parse or enumerate are kept as they are (composing them then fails, as Hydra would)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    options: list[list[str]] = []
+    for text in overrides:
+        try:
+            parsed = parser.parse_override(text)
+            values = list(parsed.sweep_string_iterator()) if parsed.is_sweep_override() else []
+        except Exception:  # noqa: BLE001 -- left to Hydra
+            values = []
+        if not values:
+            options.append([text])
+            continue
+        spelled = [f"{parsed.get_key_element()}={value}" for value in values]
+        options.append(spelled if "." not in parsed.key_or_group else spelled[:1])
+    first = [values[0] for values in options]
+    combinations = [first]
+    for index, values in enumerate(options):
+        combinations += [[*first[:index], value, *first[index + 1:]] for value in values[1:]]
+    return combinations
+
+
 def exit_on_config_error(check: Callable[[], None]) -> None:
     """Run a command-line check; on a :class:`ConfigError` print its one-line message and exit with status 2."""
     try:
@@ -68,8 +142,11 @@ def null_choices_as_deletions(argv: Sequence[str]) -> list[str]:
 
 
 def run_cli(hydra_main: Callable[[], object], config_name: str) -> None:
-    """A console entry point's steps before Hydra: ``<group>=null`` becomes Hydra's ``~<group>`` (``logger=null``:
-    no logger), and a misspelt key gets a "did you mean" answer (exit status 2) before Hydra runs the job."""
-    sys.argv[1:] = null_choices_as_deletions(sys.argv[1:])
+    """A console entry point's steps before Hydra: ``--trust-targets`` is taken off the command line (and lifts the
+    target checks, for the job and every process it starts), ``<group>=null`` becomes Hydra's ``~<group>``
+    (``logger=null``: no logger), a config naming code outside the allowed packages is refused and a misspelt key
+    gets a "did you mean" answer (both exit status 2) before Hydra runs the job."""
+    sys.argv[1:] = null_choices_as_deletions(take_trust_flag(sys.argv[1:]))
+    exit_on_config_error(lambda: check_command_line_targets(sys.argv[1:], config_name))
     exit_on_config_error(lambda: check_command_line(sys.argv[1:], config_name))
     hydra_main()

@@ -10,6 +10,8 @@
 with ``evidence: true`` (proxy, full), ``outputs/tables/reports/`` for the others (smoke: scratch output).
 A pending table (``status: pending``) is never run: naming one is refused with its reason (exit code 2).
 Overrides after ``--`` apply to every training row (``hydra.*`` ones go to the Hydra command line).
+A spec, profile or config file naming a ``_target_`` outside the allowed packages is refused (exit code 2) unless
+``--trust-targets`` is given; the segexp-train / segexp-eval processes a run starts are then trusted too.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from segexp.config import TRUST_TARGETS_ENV, TRUST_TARGETS_FLAG, TRUSTED_TARGET_PREFIXES, trust_targets
 from segexp.tables.report import NoRuns, write_report
 from segexp.tables.spec import (
     EXPERIMENTS_DIR,
@@ -42,11 +45,20 @@ ALL = "all"
 DEFAULT_PROFILE = "smoke"
 
 
+TRUST_HELP = (f"allow _target_ values outside the allowed packages ({', '.join(TRUSTED_TARGET_PREFIXES)}; classes "
+              "only) in specs, profiles and the config files they select, here and in the training and evaluation "
+              f"processes a run starts (as {TRUST_TARGETS_ENV}=1 does); only for specs you trust")
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="segexp-table", description=__doc__.split("\n\n")[0].strip("`: "))
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(TRUST_TARGETS_FLAG, action="store_true", help=TRUST_HELP)
     sub = p.add_subparsers(dest="command", required=True)
-    sub.add_parser("list", help="every table with its status and how many rows have results per profile")
-    run = sub.add_parser("run", help="run a table's missing rows as one Hydra multirun, then write its report")
+    sub.add_parser("list", parents=[common],
+                   help="every table with its status and how many rows have results per profile")
+    run = sub.add_parser("run", parents=[common],
+                         help="run a table's missing rows as one Hydra multirun, then write its report")
     run.add_argument("table", help=f"table id (e.g. deeplabv3.t5), or '{ALL}' for every ready table")
     run.add_argument("--profile", default=DEFAULT_PROFILE)
     run.add_argument("--rows", help="comma-separated row names (default: all rows)")
@@ -54,7 +66,8 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--launcher", help="Hydra launcher plugin (hydra/launcher=NAME), e.g. submitit_slurm")
     run.add_argument("--dry-run", action="store_true", help="print what would run, write nothing")
     run.add_argument("--quiet", action="store_true", help="do not echo the training output")
-    report = sub.add_parser("report", help="write <id>.<profile>.{md,csv,png} (experiments/results or outputs)")
+    report = sub.add_parser("report", parents=[common],
+                            help="write <id>.<profile>.{md,csv,png} (experiments/results or outputs)")
     report.add_argument("table", help=f"table id, or '{ALL}' for every ready table")
     report.add_argument("--profile", default=DEFAULT_PROFILE)
     return p
@@ -137,6 +150,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     extra = args_list[args_list.index("--") + 1:] if "--" in args_list else []
     args = parser().parse_args(args_list[: args_list.index("--")] if "--" in args_list else args_list)
+    if args.trust_targets:
+        trust_targets()  # for this process and the segexp-train / segexp-eval processes it starts
     try:
         require_experiments()
         if args.command == "list":

@@ -4,6 +4,11 @@
     segexp-train backbone=resnet101 head=aspp head.rates=[6,12,18] dataset=voc_aug
     segexp-train -m head.rates=[6,12,18],[6,12,18,24]          # a sweep (Hydra multirun)
     segexp-train ... hydra.run.dir=<old run dir> ckpt_path=last  # resume an interrupted run
+    segexp-train experiment=theirs --trust-targets              # a config naming code outside the allowed packages
+
+Every ``_target_`` must name a class of the allowed packages (:data:`segexp.config.TRUSTED_TARGET_PREFIXES`)
+unless ``--trust-targets`` is given; the check runs before anything the config names is imported. A resumed run
+(``ckpt_path``) loads its checkpoint with ``weights_only=True``.
 """
 
 from __future__ import annotations
@@ -64,7 +69,7 @@ def run_training(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) -
             callbacks = [*build_callbacks(cfg, loggers), *extra_callbacks]
             trainer = build_trainer(cfg, output_dir, loggers, callbacks)
             try:
-                trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+                trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
             except SIGTERMException as err:  # SIGTERM outside a training step (Preemption saves inside one)
                 raise Preempted(f"SIGTERM at step {trainer.global_step}: the state of the last checkpoint is kept; "
                                 "rerun with ckpt_path=auto in the same run folder to resume") from err

@@ -21,8 +21,8 @@ import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
-from segexp.config import CONF_DIR, compose_config
-from segexp.tables.spec import INIT_KEY, Profile, Protocol, Row, TableSpec, override_key
+from segexp.config import CONF_DIR, UntrustedTargetError, compose_config
+from segexp.tables.spec import INIT_KEY, Profile, Protocol, Row, TableSpec, fail, override_key
 from segexp.tables.store import TABLE_ROW_FILE
 
 TRAIN, EVAL = "train", "eval"
@@ -255,14 +255,19 @@ class Job:
 def plan_train_job(spec: TableSpec, row: Row, profile: Profile, seed: int, base_dir: Path,
                    extra: Sequence[str] = (), launcher: str | None = None, source: Job | None = None) -> Job:
     """Compose and validate one training row (``source``: the job of its ``init_from`` row); raises
-    :class:`NotRunUnderProfile`, or ConfigError / Hydra errors when it cannot run."""
+    :class:`NotRunUnderProfile`, SpecError (naming the spec file and row) when the composed config names code
+    outside the allowed packages (e.g. through a config file a row selects), or ConfigError / Hydra errors when
+    it cannot run."""
     from segexp.training.build import validate
 
     distributed = distributed_overrides(spec, row, profile, seed)
     start = [f"{INIT_KEY}={last_checkpoint(source.run_dir)}"] if source is not None else []
     overrides = merge_overrides(train_overrides(spec, row, profile, extra), distributed, start)
     cfg = compose(overrides, seed)
-    validate(cfg)
+    try:
+        validate(cfg)
+    except UntrustedTargetError as err:
+        fail(spec.path, f"rows[{spec.rows.index(row)}] ({row.name})", str(err))
     if (problem := multi_node_problem(cfg, launcher)) is not None:
         raise NotRunUnderProfile(problem)
     warnings = replaced_by_profile(row, profile)

@@ -16,6 +16,11 @@ Before launching, a row whose folder holds a ``metrics.json`` written under the 
 a killed row from its ``last.ckpt``). Distributed rows run as their own process (see
 :func:`segexp.tables.plan.needs_own_process`), except under a submitit launcher, where each row's sweep
 asks for one task per DDP rank (see :func:`sweep_groups`).
+
+Targets: the spec's and profile's overrides are checked when they are loaded and each row's composed config when
+it is planned (:func:`segexp.tables.plan.plan_train_job`); a refused ``_target_`` refuses the whole table, naming
+the spec file and row. ``--trust-targets`` (``SEGEXP_TRUST_TARGETS=1``) lifts that, here and in the segexp-train /
+segexp-eval processes started, which inherit the environment.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from segexp import atomic
+from segexp.config import UntrustedTargetError, check_override_targets
 from segexp.tables.plan import (
     CHECKPOINTS,
     EVAL,
@@ -317,6 +323,8 @@ def plan_stage(spec: TableSpec, rows: Sequence[Row], profile: Profile, seeds: in
                 jobs[row.name, seed] = plan_train_job(spec, row, profile, seed, base_dir, extra, launcher, source)
             except NotRunUnderProfile as why:
                 result.not_run[row.name] = f"under profile {profile.name}: {why}"
+            except SpecError:  # a row naming code it may not: the table is refused, not this row recorded
+                raise
             except Exception as err:  # compose/validation errors: record the row, keep the others
                 result.failed[label] = f"config error: {type(err).__name__}: {err}"
     return jobs
@@ -428,6 +436,11 @@ def run_table(spec: TableSpec, profile: Profile, seeds: int = 1, rows: Sequence[
         raise SpecError(spec.pending_message())
     if seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {seeds}")
+    for override in extra:
+        try:
+            check_override_targets(override, f"the override '{override}' after --")
+        except UntrustedTargetError as err:
+            raise SpecError(str(err)) from None
     config_extra, hydra_extra = split_hydra(extra)
     how = Launch(base_dir or profile_dir(spec.id, profile.name), launcher, tuple(hydra_extra), quiet)
     selected = select_rows(spec, rows)

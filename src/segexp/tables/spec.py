@@ -4,7 +4,9 @@
 Validation is explicit: every error is a :class:`SpecError` whose message starts with the file and the
 full key at fault (``experiments/deeplabv3/t5.yaml: rows[2].paper.mIoU: expected a number, got 'x'``).
 Override strings are parsed with Hydra's own override grammar, so a spec that loads has well-formed
-overrides; whether they compose is checked by composing them (see :mod:`segexp.tables.plan`).
+overrides; whether they compose is checked by composing them (see :mod:`segexp.tables.plan`). A spec or profile
+is a config from someone else too: an override naming code outside the allowed packages (a ``_target_``, see
+:func:`segexp.config.check_override_targets`) is refused here, by file and key, unless ``--trust-targets``.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 
-from segexp.config import REPO_ROOT
+from segexp.config import REPO_ROOT, UntrustedTargetError, check_override_targets
 
 EXPERIMENTS_DIR = REPO_ROOT / "experiments"
 PROFILES_DIR = EXPERIMENTS_DIR / "profiles"
@@ -359,7 +361,8 @@ def override_key(override: str) -> str:
 
 
 def check_overrides(overrides: Sequence[str], path: Path, key: str) -> None:
-    """Hydra-parsable, single-valued, no deletions, no keys the runner owns, no key set twice."""
+    """Hydra-parsable, single-valued, no deletions, no keys the runner owns, no key set twice, no ``_target_``
+    outside the allowed packages (unless trusted)."""
     parser = OverridesParser.create()
     first: dict[str, int] = {}
     for index, text in enumerate(overrides):
@@ -380,6 +383,10 @@ def check_overrides(overrides: Sequence[str], path: Path, key: str) -> None:
         if name in first:
             fail(path, where, f"'{text}' sets {name} again (already set by {key}[{first[name]}]); keep one")
         first[name] = index
+        try:
+            check_override_targets(text)
+        except UntrustedTargetError as err:
+            fail(path, where, str(err))
 
 
 def _protocol(node: _Mapping, name: str) -> Protocol | None:

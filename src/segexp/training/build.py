@@ -12,16 +12,19 @@ from typing import Any
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from segexp.config import validate_config
+from segexp.config import TargetOrigin, validate_config
 from segexp.data.datamodule import SegmentationDataModule
 from segexp.models.build import BUILDER_KEYS, ModelOptions, build_segmentor, model_options
 from segexp.models.shifted_passes import check_shift_passes
 from segexp.training.module import SegmentationModule
 
 
-def validate(cfg: DictConfig) -> None:
-    """Fail before training on unknown keys or wrongly typed values (see :mod:`segexp.config`)."""
-    validate_config(cfg, {"data": SegmentationDataModule, "model": ModelOptions}, builder_keys=BUILDER_KEYS)
+def validate(cfg: DictConfig, origin: TargetOrigin | None = None) -> None:
+    """Fail before training on unknown keys, wrongly typed values or ``_target_`` values outside the allowed
+    packages (see :mod:`segexp.config`; ``origin``: where a refused target came from, by default the override or
+    file of the last Hydra composition)."""
+    validate_config(cfg, {"data": SegmentationDataModule, "model": ModelOptions}, builder_keys=BUILDER_KEYS,
+                    origin=origin)
 
 
 def build_datamodule(cfg: DictConfig) -> SegmentationDataModule:

@@ -68,7 +68,9 @@ class LastCheckpoint(pl.Callback):
         return self.dirpath / self.FILENAME
 
     def save(self, trainer: pl.Trainer) -> None:
-        """Write the trainer's full state (weights, optimizer, loops, callbacks) to ``last.ckpt``."""
+        """Write the trainer's full state (weights, optimizer, loops, callbacks) to ``last.ckpt``: Lightning's
+        ``weights_only=False`` when saving (a resume needs more than weights). The full state is plain tensors,
+        numbers and strings, so resuming reads it back with ``weights_only=True`` (no pickled objects)."""
         if self.saved_step == trainer.global_step:
             return
         save_checkpoint_atomically(trainer, self.path)
