@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from omegaconf import DictConfig
 
-from segexp.config import TRUST_TARGETS_ENV, compose_config
+from segexp.config import compose_config
+from segexp.targets import TRUST_TARGETS_ENV
 
 CAMVID_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "camvid"
 

@@ -25,9 +25,10 @@ from omegaconf import DictConfig
 from PIL import Image, ImageDraw
 
 from segexp.cli.precheck import check_command_line, exit_on_config_error
-from segexp.config import TRUST_TARGETS_FLAG, ConfigError, compose_config, trust_targets
+from segexp.config import ConfigError, compose_config
 from segexp.data.datasets.base import IGNORE_INDEX, DatasetError, SegmentationDataset
 from segexp.models.losses.boundary_aware import BoundaryAwareLoss
+from segexp.targets import TRUST_TARGETS_FLAG, trust_targets
 from segexp.training.build import validate
 
 HEADER = 18

@@ -32,8 +32,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from segexp import atomic
 from segexp.cli.precheck import exit_on_config_error, run_cli
-from segexp.config import CONF_DIR, ConfigError, TargetOrigin, hydra_target_origin
+from segexp.config import CONF_DIR, ConfigError
 from segexp.data.datasets.base import SegmentationDataset
+from segexp.targets import TargetOrigin, hydra_target_origin
 from segexp.training.build import build_datamodule, build_module, validate
 from segexp.training.callbacks import SavePredictions
 from segexp.training.checkpoints import read_checkpoint, upgrade_stored_config

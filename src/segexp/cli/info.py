@@ -17,8 +17,9 @@ from omegaconf import DictConfig
 from torch.utils.flop_counter import FlopCounterMode
 
 from segexp.cli.precheck import check_command_line, check_command_line_targets, exit_on_config_error
-from segexp.config import compose_config, take_trust_flag
+from segexp.config import compose_config
 from segexp.models.build import build_segmentor
+from segexp.targets import take_trust_flag
 from segexp.training.build import build_datamodule, validate
 
 

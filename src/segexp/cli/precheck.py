@@ -11,14 +11,12 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from segexp.config import (
-    CONF_DIR,
+from segexp.config import CONF_DIR, ConfigError, compose_config
+from segexp.targets import (
     TRUST_TARGETS_FLAG,
-    ConfigError,
     UntrustedTargetError,
     check_config_targets,
     check_override_targets,
-    compose_config,
     take_trust_flag,
     target_origin,
     targets_trusted,
@@ -75,7 +73,7 @@ def check_command_line_targets(argv: Sequence[str], config_name: str) -> None:
     ``hydra`` node included (Hydra instantiates its callbacks, launcher and logging before the job starts), named
     with the override or config file it came from. A sweep is composed once per swept value of a top-level key or
     group (``experiment=a,b``), at most :data:`MAX_TARGET_COMPOSITIONS` times. Nothing is checked when
-    :func:`segexp.config.targets_trusted`; what cannot be composed here is left to Hydra and to the job's
+    :func:`segexp.targets.targets_trusted`; what cannot be composed here is left to Hydra and to the job's
     :func:`segexp.training.build.validate`."""
     if targets_trusted():
         return
@@ -99,7 +97,7 @@ def sweep_combinations(overrides: Sequence[str]) -> list[list[str]]:
     """Override lists without sweeps that together use every value of each sweep over a top-level key or a group
     (``experiment=a,b``, ``+table_row=x,y``): the first value of every sweep, then each further value of those
     sweeps in turn. A sweep of a nested key (``head.rates=[6],[12]``) keeps its first value: its values are checked
-    as overrides (:func:`segexp.config.check_override_targets`), they select no config file. Overrides Hydra cannot
+    as overrides (:func:`segexp.targets.check_override_targets`), they select no config file. Overrides Hydra cannot
     parse or enumerate are kept as they are (composing them then fails, as Hydra would)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 

@@ -23,7 +23,6 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from segexp.config import TRUST_TARGETS_ENV, TRUST_TARGETS_FLAG, TRUSTED_TARGET_PREFIXES, trust_targets
 from segexp.tables.report import NoRuns, write_report
 from segexp.tables.spec import (
     EXPERIMENTS_DIR,
@@ -37,6 +36,7 @@ from segexp.tables.spec import (
     profile_names,
 )
 from segexp.tables.store import profile_dir, rows_with_results
+from segexp.targets import TRUST_TARGETS_ENV, TRUST_TARGETS_FLAG, TRUSTED_TARGET_PREFIXES, trust_targets
 
 if TYPE_CHECKING:  # the runner imports torch and Lightning: only `run` needs it
     from segexp.tables.runner import RunResult

@@ -6,7 +6,7 @@
     segexp-train ... hydra.run.dir=<old run dir> ckpt_path=last  # resume an interrupted run
     segexp-train experiment=theirs --trust-targets              # a config naming code outside the allowed packages
 
-Every ``_target_`` must name a class of the allowed packages (:data:`segexp.config.TRUSTED_TARGET_PREFIXES`)
+Every ``_target_`` must name a class of the allowed packages (:data:`segexp.targets.TRUSTED_TARGET_PREFIXES`)
 unless ``--trust-targets`` is given; the check runs before anything the config names is imported. A resumed run
 (``ckpt_path``) loads its checkpoint with ``weights_only=True``.
 """

@@ -21,9 +21,10 @@ import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
-from segexp.config import CONF_DIR, UntrustedTargetError, compose_config
+from segexp.config import CONF_DIR, compose_config
 from segexp.tables.spec import INIT_KEY, Profile, Protocol, Row, TableSpec, fail, override_key
 from segexp.tables.store import TABLE_ROW_FILE
+from segexp.targets import UntrustedTargetError
 
 TRAIN, EVAL = "train", "eval"
 CHECKPOINTS = "checkpoints"

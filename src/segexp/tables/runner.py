@@ -40,7 +40,6 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from segexp import atomic
-from segexp.config import UntrustedTargetError, check_override_targets
 from segexp.tables.plan import (
     CHECKPOINTS,
     EVAL,
@@ -63,6 +62,7 @@ from segexp.tables.store import (
     profile_dir,
     read_json,
 )
+from segexp.targets import UntrustedTargetError, check_override_targets
 from segexp.training.checkpoints import checkpoint_candidates
 
 ROWS_FOLDER = ".table_rows"

@@ -6,7 +6,7 @@ full key at fault (``experiments/deeplabv3/t5.yaml: rows[2].paper.mIoU: expected
 Override strings are parsed with Hydra's own override grammar, so a spec that loads has well-formed
 overrides; whether they compose is checked by composing them (see :mod:`segexp.tables.plan`). A spec or profile
 is a config from someone else too: an override naming code outside the allowed packages (a ``_target_``, see
-:func:`segexp.config.check_override_targets`) is refused here, by file and key, unless ``--trust-targets``.
+:func:`segexp.targets.check_override_targets`) is refused here, by file and key, unless ``--trust-targets``.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 
-from segexp.config import REPO_ROOT, UntrustedTargetError, check_override_targets
+from segexp.config import REPO_ROOT
+from segexp.targets import UntrustedTargetError, check_override_targets
 
 EXPERIMENTS_DIR = REPO_ROOT / "experiments"
 PROFILES_DIR = EXPERIMENTS_DIR / "profiles"

@@ -12,10 +12,11 @@ from typing import Any
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from segexp.config import TargetOrigin, validate_config
+from segexp.config import validate_config
 from segexp.data.datamodule import SegmentationDataModule
 from segexp.models.build import BUILDER_KEYS, ModelOptions, build_segmentor, model_options
 from segexp.models.shifted_passes import check_shift_passes
+from segexp.targets import TargetOrigin
 from segexp.training.module import SegmentationModule
 
 
