@@ -16,7 +16,7 @@ from PIL import Image
 from segexp.data.datasets.base import DatasetError, SegmentationDataset, load_image
 from segexp.data.datasets.camvid import CamVid
 from segexp.data.datasets.voc import VOC
-from segexp.tables.spec import SpecError, load_profile, load_spec
+from segexp.tables.spec import load_profile, load_spec
 from segexp.training.build import build_datamodule
 from tests.fixtures import (
     HEIGHT,
@@ -32,6 +32,7 @@ from tests.fixtures import (
     write_palette_png,
     write_rgb,
 )
+from tests.specs import assert_spec_error, write_spec
 
 BUILD, LOAD = "build", "load"
 """When a fault shows: when the dataset is built (the listing shows it) or when the bad sample is loaded."""
@@ -483,20 +484,6 @@ SPEC_CASES = [
 ]
 
 
-def write_spec(root: Path, text: str) -> Path:
-    path = root / "demo" / "t1.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    return path
-
-
-def assert_spec_error(load: Callable[[], object], path: Path, key: str, message: str) -> None:
-    with pytest.raises(SpecError) as err:
-        load()
-    assert str(err.value).startswith(f"{path}: {key}: "), str(err.value)
-    assert message in str(err.value), str(err.value)
-
-
 @pytest.mark.parametrize(("old", "new", "key", "message"), SPEC_CASES)
 def test_spec_field_errors_name_the_file_and_the_key(tmp_path: Path, old: str, new: str, key: str,
                                                      message: str) -> None:
@@ -504,7 +491,7 @@ def test_spec_field_errors_name_the_file_and_the_key(tmp_path: Path, old: str, n
     assert [row.name for row in spec.rows] == ["a", "b"] and spec.protocol.max_steps == 100
     assert SPEC.count(old) == 1
     path = write_spec(tmp_path, SPEC.replace(old, new))
-    assert_spec_error(lambda: load_spec(path), path, key, message)
+    assert_spec_error(path, key, message)
 
 
 @pytest.mark.parametrize(("text", "key", "message"), [
@@ -519,7 +506,7 @@ def test_spec_field_errors_name_the_file_and_the_key(tmp_path: Path, old: str, n
 def test_unusable_spec_files_name_the_file(tmp_path: Path, text: str | bytes, key: str, message: str) -> None:
     path = write_spec(tmp_path, "")
     path.write_bytes(text if isinstance(text, bytes) else text.encode())
-    assert_spec_error(lambda: load_spec(path), path, key, message)
+    assert_spec_error(path, key, message)
 
 
 # ---------------------------------------------------------------------------------------------- profiles
@@ -585,7 +572,7 @@ def test_profile_field_errors_name_the_file_and_the_key(tmp_path: Path, old: str
     assert profile.distributed is not None and profile.distributed.max_processes == 2
     assert PROFILE.count(old) == 1
     path.write_text(PROFILE.replace(old, new))
-    assert_spec_error(lambda: load_profile("demo", root=tmp_path), path, key, message)
+    assert_spec_error(path, key, message, lambda: load_profile("demo", root=tmp_path))
 
 
 @pytest.mark.parametrize(("text", "key", "message"), [
@@ -595,4 +582,4 @@ def test_profile_field_errors_name_the_file_and_the_key(tmp_path: Path, old: str
 def test_unusable_profile_files_name_the_file(tmp_path: Path, text: str, key: str, message: str) -> None:
     path = tmp_path / "demo.yaml"
     path.write_text(text)
-    assert_spec_error(lambda: load_profile("demo", root=tmp_path), path, key, message)
+    assert_spec_error(path, key, message, lambda: load_profile("demo", root=tmp_path))

@@ -12,7 +12,8 @@ from torch import Tensor, nn
 from segexp.config import compose_config
 from segexp.models.backbones.resnet import ResNet
 from segexp.models.build import build_segmentor
-from segexp.models.heads.psp import PSPHead, PyramidBranch
+from segexp.models.heads.pooling import PoolingBranch
+from segexp.models.heads.psp import PSPHead
 from segexp.training.build import validate
 
 
@@ -99,7 +100,7 @@ def test_two_bin_branch_upsamples_bilinearly_without_aligned_corners() -> None:
     # one channel, identity conv and BN: the 2x2 cell means of a 4x4 map, upsampled back to 4x4. With
     # align_corners=False output row i samples source row (i + 0.5) / 2 - 0.5 = -0.25, 0.25, 0.75, 1.25
     # (clamped to the border): the rows of cell means 0 and 4 become 0, 1, 3, 4.
-    branch = PyramidBranch(1, 1, bins=2).eval()
+    branch = PoolingBranch(1, 1, bins=2).eval()
     nn.init.ones_(branch.conv.weight)
     branch.bn.eps = 0.0
     x = torch.zeros(1, 1, 4, 4)

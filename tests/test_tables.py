@@ -71,6 +71,7 @@ from segexp.tables.spec import (
     load_table,
     profile_names,
 )
+from tests.specs import assert_spec_error, write_spec
 
 CATALOG = REPO_ROOT.parent / "shared" / "papers" / "README.md"
 PROFILES = profile_names()
@@ -135,13 +136,6 @@ def test_every_ready_row_composes_under_every_profile(profile: str) -> None:
     assert sorted(problems) == sorted(expected)
 
 
-def write_spec(root: Path, text: str, paper: str = "demo", name: str = "t1") -> Path:
-    path = root / paper / f"{name}.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    return path
-
-
 GOOD = """
 id: demo.t1
 title: demo
@@ -179,14 +173,6 @@ def test_schema_errors_name_the_file_and_the_key(tmp_path: Path, old: str, new: 
     assert old in GOOD
     load_spec(write_spec(tmp_path, GOOD))
     assert_spec_error(write_spec(tmp_path, GOOD.replace(old, new, 1)), key, message)
-
-
-def assert_spec_error(path: Path, key: str, message: str) -> None:
-    """Loading ``path`` fails with ``<path>: <key>: ...<message>...``."""
-    with pytest.raises(SpecError) as err:
-        load_spec(path)
-    assert str(err.value).startswith(f"{path}: {key}: "), str(err.value)
-    assert message in str(err.value)
 
 
 STAGED = """
@@ -854,23 +840,12 @@ def test_distributed_row_runs_as_its_own_process(tmp_path: Path) -> None:
     assert [p.name for p in (tmp_path / "_logs").iterdir()][0].startswith("train-r50_os16_k3_d6-seed0-")
 
 
-SUBMITIT_TABLE = """
-id: demo.t1
-title: demo
-paper: demo
-dataset: synthetic
-metrics: [mIoU]
-base: [backbone=resnet18, head=fcn]
-rows:
-  - name: single
-    paper: {mIoU: 50.0}
+SUBMITIT_TABLE = FAILING_ROW_TABLE.replace("  - name: broken\n", """\
   - name: ranks2
     overrides: [trainer=ddp_cpu, trainer.devices=2]
     paper: {mIoU: 50.0}
   - name: broken
-    overrides: ['loss.class_weights=[1.0,2.0]']
-    paper: {mIoU: 50.0}
-"""
+""")
 
 
 @pytest.mark.slow

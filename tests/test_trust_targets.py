@@ -26,6 +26,7 @@ from segexp.tables.spec import SpecError, load_profile, load_spec
 from segexp.targets import TRUST_TARGETS_ENV, UntrustedTargetError, check_target_allowed
 from segexp.training.build import validate
 from tests.conftest import FAST_RUN
+from tests.specs import write_spec
 
 ALLOWED = "not in the allowed packages (segexp, torch, torchvision, pytorch_lightning, lightning, albumentations)"
 
@@ -260,11 +261,8 @@ rows:
 """
 
 
-def write_spec(root: Path, override: str) -> Path:
-    path = root / "demo" / "t1.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(SPEC.format(override=override))
-    return path
+def write_demo_spec(root: Path, override: str) -> Path:
+    return write_spec(root, SPEC.format(override=override))
 
 
 @pytest.mark.parametrize(("override", "key"), [
@@ -274,7 +272,7 @@ def write_spec(root: Path, override: str) -> Path:
 ])
 def test_a_spec_naming_foreign_code_is_refused_by_file_and_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                 override: str, key: str) -> None:
-    path = write_spec(tmp_path, override)
+    path = write_demo_spec(tmp_path, override)
     with pytest.raises(SpecError) as err:
         load_spec(path)
     target = "evil.mod" if "evil" in override else "os.system" if "os." in override else "subprocess.call"
@@ -285,7 +283,7 @@ def test_a_spec_naming_foreign_code_is_refused_by_file_and_key(tmp_path: Path, m
 
 
 def test_base_and_profile_overrides_are_checked_too(tmp_path: Path) -> None:
-    path = write_spec(tmp_path, "head=aspp")
+    path = write_demo_spec(tmp_path, "head=aspp")
     path.write_text(path.read_text().replace("base: [dataset=synthetic]",
                                              "base: [dataset=synthetic, 'loss._target_=x.y']"))
     with pytest.raises(SpecError, match=r"t1\.yaml: base\[1\]: loss\._target_=x\.y: not in the allowed packages"):
@@ -303,7 +301,7 @@ def test_a_planned_row_naming_foreign_code_refuses_the_table(tmp_path: Path, mon
     file and the row, and the whole run stops instead of recording the row as failed."""
     override = f"fusion._target_={foreign.Fusion}"
     monkeypatch.setenv(TRUST_TARGETS_ENV, "1")
-    spec, smoke = load_spec(write_spec(tmp_path, override)), load_profile("smoke")
+    spec, smoke = load_spec(write_demo_spec(tmp_path, override)), load_profile("smoke")
     monkeypatch.setenv(TRUST_TARGETS_ENV, "")
     with pytest.raises(SpecError) as err:
         plan_train_job(spec, spec.row("b"), smoke, 0, tmp_path / "runs")

@@ -29,9 +29,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from segexp.models.heads.pooling import PoolingBranch
 from segexp.models.segmentor import single_feature_keys
 
 DEFAULT_RATES = (6, 12, 18)
@@ -67,27 +67,10 @@ def scaled_dilations(
     return tuple(dilations)
 
 
-class ImagePooling(nn.Module):
-    """Image-level features: global average pool -> 1x1 conv -> BN -> ReLU -> bilinear upsample."""
-
-    def __init__(self, in_channels: int, out_channels: int, owner: str = "ASPPHead") -> None:
-        super().__init__()
-        self.owner = owner  # the head named in the batch-1 error
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size=1, bias=False)
-        self.bn: nn.Module = nn.BatchNorm2d(out_channels)
-        self.relu = nn.ReLU(inplace=True)
-
-    def forward(self, x: Tensor) -> Tensor:
-        pooled = self.conv(self.pool(x))
-        if pooled.shape[0] == 1 and isinstance(self.bn, nn.BatchNorm2d) and self.bn.training:
-            raise ValueError(
-                f"{self.owner} image-level branch: BatchNorm on the globally pooled 1x1 features has a single "
-                "value per channel at batch size 1 in training mode, so batch statistics are undefined. "
-                "Train with batch size >= 2 (the paper uses 16), freeze BN, or set image_pooling=False."
-            )
-        pooled = self.relu(self.bn(pooled))
-        return F.interpolate(pooled, size=x.shape[-2:], mode="bilinear", align_corners=False)
+def image_pooling_branch(in_channels: int, channels: int, owner: str) -> PoolingBranch:
+    """DeepLabv3's image-level features (Sec. 3.3): the 1-bin :class:`PoolingBranch` of the ASPP and PAC heads."""
+    return PoolingBranch(in_channels, channels, bins=1, name=f"{owner} image-level branch",
+                         remedy="or set image_pooling=False (the paper trains at batch 16)")
 
 
 class ASPPHead(nn.Module):
@@ -115,7 +98,7 @@ class ASPPHead(nn.Module):
         self.num_classes = num_classes
         self.pointwise = conv_bn_relu(in_channels, channels, kernel_size=1)
         self.atrous = nn.ModuleList(conv_bn_relu(in_channels, channels, 3, rate) for rate in self.rates)
-        self.image_pool = ImagePooling(in_channels, channels) if image_pooling else None
+        self.image_pool = image_pooling_branch(in_channels, channels, "ASPPHead") if image_pooling else None
         self.num_branches = 1 + len(self.rates) + int(image_pooling)
         self.project = conv_bn_relu(self.num_branches * channels, channels, kernel_size=1)
         self.dropout: nn.Module = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()

@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from segexp.models.heads.aspp import ImagePooling, conv_bn_relu, scaled_dilations
+from segexp.models.heads.aspp import conv_bn_relu, image_pooling_branch, scaled_dilations
 from segexp.models.segmentor import single_feature_keys
 
 DEFAULT_RATES = (1, 3, 5, 7, 9)
@@ -133,7 +133,7 @@ class PACHead(nn.Module):
         self.in_channels = in_channels
         self.num_classes = num_classes
         self.pointwise = conv_bn_relu(in_channels, channels, kernel_size=1)
-        self.image_pool = ImagePooling(in_channels, channels, owner="PACHead") if image_pooling else None
+        self.image_pool = image_pooling_branch(in_channels, channels, "PACHead") if image_pooling else None
         self.pac = PyramidAtrousConv(in_channels, channels, self.dilations_at(output_stride), merge=merge, bn=bn)
         self.num_branches = 2 + int(image_pooling)
         self.dropout: nn.Module = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()

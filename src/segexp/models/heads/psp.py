@@ -16,8 +16,8 @@ The bins are adaptive pools (fixed numbers of cells, not fixed window sizes), so
 any output stride: :meth:`PSPHead.set_output_stride` only records it.
 
 Batch size 1: the 1-bin branch's BN sees one value per channel in training (a 1x1 map per sample), so batch
-statistics are undefined; as for ASPP's image pooling (see :mod:`.aspp`), training needs batch >= 2 or frozen
-BN, and the branch raises a ValueError saying so.
+statistics are undefined; as for ASPP's image pooling (both are :class:`.pooling.PoolingBranch`), training
+needs batch >= 2 or frozen BN, and the branch raises a ValueError saying so.
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from segexp.models.heads.pooling import PoolingBranch
 from segexp.models.segmentor import single_feature_keys
 
 DEFAULT_BINS = (1, 2, 3, 6)
@@ -43,28 +43,6 @@ def check_bins(bins: Sequence[int]) -> tuple[int, ...]:
     if len(set(values)) != len(values):
         raise ValueError(f"PSPHead: bins must be distinct, got {list(values)}")
     return values
-
-
-class PyramidBranch(nn.Module):
-    """One pyramid level: adaptive average pool to ``bins`` x ``bins`` -> 1x1 conv -> BN -> ReLU -> upsample."""
-
-    def __init__(self, in_channels: int, out_channels: int, bins: int) -> None:
-        super().__init__()
-        self.bins = bins
-        self.pool = nn.AdaptiveAvgPool2d(bins)
-        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size=1, bias=False)
-        self.bn: nn.Module = nn.BatchNorm2d(out_channels)
-        self.relu = nn.ReLU(inplace=True)
-
-    def forward(self, x: Tensor) -> Tensor:
-        pooled = self.conv(self.pool(x))
-        if pooled[:, 0].numel() == 1 and isinstance(self.bn, nn.BatchNorm2d) and self.bn.training:
-            raise ValueError(
-                f"PSPHead {self.bins}x{self.bins} branch: BatchNorm sees a single value per channel (batch size 1) "
-                "in training mode, so batch statistics are undefined. Train with batch size >= 2 or freeze BN."
-            )
-        pooled = self.relu(self.bn(pooled))
-        return F.interpolate(pooled, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 
 class PSPHead(nn.Module):
@@ -89,7 +67,9 @@ class PSPHead(nn.Module):
         self.num_classes = num_classes
         self.output_stride = output_stride
         self.feature_channels: int = channels
-        self.branches = nn.ModuleList(PyramidBranch(in_channels, channels, b) for b in self.bins)
+        self.branches = nn.ModuleList(
+            PoolingBranch(in_channels, channels, b, name=f"PSPHead {b}x{b} branch") for b in self.bins
+        )
         self.bottleneck = nn.Sequential(
             nn.Conv2d(in_channels + len(self.bins) * channels, channels, kernel_size=3, padding=1, bias=False),
             nn.BatchNorm2d(channels),
