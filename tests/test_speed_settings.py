@@ -99,3 +99,37 @@ def test_bench_bare_loop_follows_the_precision_and_layout(tmp_path: Path) -> Non
                              "--precision=bf16-mixed", "--channels-last=true"])
     assert bench.autocast_dtype(args.precision) is torch.bfloat16 and args.channels_last
     assert len(bench.time_bare(args)) == 1
+
+
+def test_bench_gpu_report_from_known_timings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The GPU suite's report with its CUDA-only measurements replaced by known figures: images/s, MFU and the
+    segexp/bare ratio follow from them by hand (the FLOP count is the real one, on meta tensors)."""
+    step_s = {"bare": 0.200, "segexp": 0.204}
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *_: "Test GPU")
+    monkeypatch.setattr(bench, "gpu_mixed_precision", lambda: "bf16-mixed")
+    monkeypatch.setattr(bench, "bf16_peak_tflops", lambda: 800.0)
+    monkeypatch.setattr(bench, "measure", lambda mode, argv: {"median_s": step_s[mode], "peak_mb": 1000.0})
+    asked: list[tuple] = []
+    monkeypatch.setattr(bench, "inference_rate", lambda *a, **k: asked.append(a) or 20.0)
+    monkeypatch.setattr(bench, "loader_rate", lambda workers: 300.0)
+    report = bench.gpu_suite(bench.parse_args(["--loader-workers=16"]))
+    for os_, batch in ((16, 16), (8, 8)):
+        flops = bench.forward_flops(101, os_, 512, 512)
+        result = report["training"][f"os{os_}"]
+        assert result["batch"] == batch and result["forward_gflops_per_image"] == pytest.approx(flops / 1e9)
+        assert result["segexp"]["images_per_s"] == pytest.approx(batch / 0.204)
+        assert result["mfu"] == pytest.approx(3 * flops * batch / 0.204 / 800e12)
+        assert result["achieved_tflops"] == pytest.approx(result["mfu"] * 800)
+        assert result["segexp_over_bare"] == pytest.approx(1.02)
+    assert asked == [(101, 8, (512, 1024), False), (101, 8, (1024, 2048), True)]
+    assert report["inference"]["whole_512x1024"]["images_per_s"] == 20.0
+    assert report["loader"] == {"workers": 16, "samples_per_s": 300.0, "crop": [512, 512],
+                                "source": "1024x2048 JPEG + PNG label pairs"}
+    assert report["device"] == "Test GPU" and report["precision"] == "bf16-mixed"
+
+
+def test_bench_inference_rate_runs_whole_and_sliding_on_the_cpu() -> None:
+    """The GPU suite's inference timing, on the CPU at a small size: whole image, and 32x64 windows (stride
+    21x43) over a 64x128 image."""
+    assert bench.inference_rate(18, 8, (32, 64), slide=False, repeats=1, device="cpu") > 0
+    assert bench.inference_rate(18, 8, (64, 128), slide=True, repeats=1, device="cpu", window=(32, 64)) > 0

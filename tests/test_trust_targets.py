@@ -221,7 +221,9 @@ def test_run_cli_takes_the_flag_off_the_command_line(monkeypatch: pytest.MonkeyP
 
 
 def train_process(foreign: Foreign, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": f"{REPO_ROOT / 'src'}{os.pathsep}{foreign.imported.parent}",
+    path = os.pathsep.join(filter(None, [str(REPO_ROOT / "src"), str(foreign.imported.parent),
+                                         os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": path,
            "SEGEXP_OUTPUT_DIR": str(tmp_path / "outputs"), "WANDB_MODE": "disabled", TRUST_TARGETS_ENV: ""}
     return subprocess.run([sys.executable, "-m", "segexp.cli.train", *FAST_RUN, "logger=csv", *args], cwd=tmp_path,
                           env=env, capture_output=True, text=True, timeout=300)

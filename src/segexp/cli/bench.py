@@ -242,17 +242,21 @@ def forward_flops(depth: int, output_stride: int, height: int, width: int, datas
     return int(counter.get_total_flops())
 
 
-def inference_rate(depth: int, output_stride: int, size: tuple[int, int], slide: bool, repeats: int) -> float:
-    """Images/s of batch-1 inference at ``size`` (whole image, or 512x1024 windows), autocast, NHWC."""
+def inference_rate(depth: int, output_stride: int, size: tuple[int, int], slide: bool, repeats: int,
+                   device: str = "cuda", window: tuple[int, int] = (512, 1024)) -> float:
+    """Images/s of batch-1 inference at ``size``: the whole image, or ``window`` crops at 2/3 of their size
+    apart (512x1024 at 341x683, mmsegmentation's Cityscapes protocol); NHWC, under the GPU's autocast
+    precision on CUDA, fp32 elsewhere."""
     from segexp.training.inference import Inference
 
     cfg = compose_config(model_overrides(depth, output_stride, "cityscapes"))
     module = build_module(cfg, build_datamodule(cfg))
-    model = module.model.cuda().eval().to(memory_format=torch.channels_last)
-    inference = Inference(mode="slide", crop_size=(512, 1024), stride=(341, 683)) if slide else Inference()
-    image = torch.randn(1, 3, *size, device="cuda").contiguous(memory_format=torch.channels_last)
+    model = module.model.to(device).eval().to(memory_format=torch.channels_last)
+    stride = (round(window[0] * 2 / 3), round(window[1] * 2 / 3))
+    inference = Inference(mode="slide", crop_size=window, stride=stride) if slide else Inference()
+    image = torch.randn(1, 3, *size, device=device).contiguous(memory_format=torch.channels_last)
     dtype = autocast_dtype(gpu_mixed_precision()) or torch.float32
-    with torch.inference_mode(), torch.autocast("cuda", dtype=dtype):
+    with torch.inference_mode(), torch.autocast(device, dtype=dtype, enabled=device == "cuda"):
         for _ in range(3):
             inference(model, image).argmax(1)
         _sync()
