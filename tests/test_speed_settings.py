@@ -5,6 +5,9 @@ The CUDA side of the same settings is checked in tests/test_gpu.py (marker ``gpu
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,7 +18,7 @@ from segexp.cli.info import (
     model_summary,
 )
 from segexp.cli.train import run_training
-from segexp.config import gpu_mixed_precision
+from segexp.config import REPO_ROOT, gpu_mixed_precision
 from segexp.data.datasets.camvid import CamVid
 from segexp.training.build import build_datamodule
 from tests.test_gpu import cosine, one_step_update, relative_error
@@ -60,6 +63,32 @@ def test_loader_workers_prefetch_and_stay_alive(make_cfg) -> None:
     assert with_workers.prefetch_factor == 4 and with_workers.persistent_workers
     in_process = build_datamodule(make_cfg("data.num_workers=0")).train_dataloader()
     assert in_process.num_workers == 0 and not in_process.persistent_workers
+
+
+EXIT_WITH_LIVE_WORKERS = """
+import os, signal, time
+from segexp.config import compose_config
+from segexp.training.build import build_datamodule
+datamodule = build_datamodule(compose_config(["experiment=synthetic", "data.num_workers=2"]))
+train, val = datamodule.train_dataloader(), datamodule.val_dataloader()
+next(iter(train)), next(iter(val))
+workers = [w.pid for w in train._iterator._workers]
+for pid in workers:
+    os.kill(pid, signal.SIGTERM)  # as a scheduler's pre-emption signal reaches every process of the job
+time.sleep(0.5)
+print("alive after SIGTERM:", sum(os.waitpid(pid, os.WNOHANG) == (0, 0) for pid in workers), flush=True)
+"""
+
+
+def test_a_script_holding_loaders_with_live_workers_exits() -> None:
+    """Workers ignore SIGTERM (pre-emption must not kill them mid-save), which multiprocessing's exit handler
+    relies on to stop them: the datamodule stops its loaders' persistent workers first, so the exit finishes."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT / "src"),
+                                                                     os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run([sys.executable, "-c", EXIT_WITH_LIVE_WORKERS], capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "alive after SIGTERM: 2" in done.stdout
 
 
 @pytest.mark.slow

@@ -14,9 +14,12 @@ labels, so resume stays exact.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import math
+import multiprocessing.util  # noqa: F401  (its exit handler is registered before ours, so ours runs first)
 import signal
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,6 +40,9 @@ from segexp.data.transforms import (
 )
 
 log = logging.getLogger(__name__)
+
+_LOADERS_WITH_WORKERS: weakref.WeakSet[DataLoader] = weakref.WeakSet()
+"""The worker-backed loaders this module made that may still be alive (see :func:`stop_persistent_workers`)."""
 
 
 class SeededSampler(Sampler[tuple[int, int]]):
@@ -241,14 +247,14 @@ class SegmentationDataModule(pl.LightningDataModule):
                 f"data.batch_size={self.batch_size} is larger than the {sampler.num_entries} samples per epoch "
                 f"of split '{self.train_split}'"
             )
-        return ResumableDataLoader(
+        return tracked(ResumableDataLoader(
             dataset,
             batch_size=self.batch_size,
             sampler=sampler,
             drop_last=True,
             progress=self._batches_done,
             **self._loader_kwargs(),
-        )
+        ))
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader(self.val_split)
@@ -259,7 +265,7 @@ class SegmentationDataModule(pl.LightningDataModule):
     def _eval_loader(self, split: str) -> DataLoader:
         dataset = self.split_dataset(split, train=False)
         sampler = SeededSampler(len(dataset), self.seed, shuffle=False)
-        return DataLoader(dataset, batch_size=self.val_batch_size, sampler=sampler, **self._loader_kwargs())
+        return tracked(DataLoader(dataset, batch_size=self.val_batch_size, sampler=sampler, **self._loader_kwargs()))
 
     def _loader_kwargs(self) -> dict[str, Any]:
         """Workers stay alive across epochs and prefetch ``prefetch_factor`` batches each; batches go to
@@ -290,6 +296,30 @@ def single_threaded_worker(worker_id: int) -> None:
     cv2.setNumThreads(1)
     for signum in (signal.SIGTERM, signal.SIGUSR1):
         signal.signal(signum, signal.SIG_IGN)
+
+
+def tracked(loader: DataLoader) -> DataLoader:
+    """``loader``, remembered (weakly) so that its persistent workers are stopped at interpreter exit."""
+    if loader.num_workers:
+        _LOADERS_WITH_WORKERS.add(loader)
+    return loader
+
+
+def stop_persistent_workers() -> None:
+    """Stop the workers of loaders still alive when the interpreter exits (a script that iterated
+    ``datamodule.train_dataloader()`` itself; Lightning stops them at the end of fit and validate).
+
+    The workers ignore SIGTERM (:func:`single_threaded_worker`), and multiprocessing's exit handler stops
+    daemonic children with SIGTERM and then joins them, so without this the exit would wait forever. Registered
+    after that handler, this runs before it (atexit is last in, first out). ``_shutdown_workers`` is the
+    iterator's own orderly stop (end-of-work messages, then join), the call Lightning makes."""
+    for loader in list(_LOADERS_WITH_WORKERS):
+        iterator = getattr(loader, "_iterator", None)
+        if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+            iterator._shutdown_workers()
+
+
+atexit.register(stop_persistent_workers)
 
 
 def _world() -> tuple[int, int]:
