@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import pytorch_lightning as pl
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -61,6 +62,8 @@ class SyntheticBatch(Dataset):
 def one_step_update(cfg: Any, accelerator: str, precision: str) -> tuple[torch.Tensor, pl.LightningModule]:
     """All parameters' change in one SGD step on a fixed batch (same initial weights on every call: seed 0)."""
     torch.manual_seed(0)
+    cfg = cfg.copy()
+    OmegaConf.update(cfg, "data.normalize_on_device", False)  # a plain loader, no datamodule hook: float batches
     datamodule = build_datamodule(cfg)
     module = build_module(cfg, datamodule)
     before = {k: v.detach().clone() for k, v in module.model.named_parameters()}

@@ -19,6 +19,7 @@ from segexp.cli.info import (
 )
 from segexp.cli.train import run_training
 from segexp.config import REPO_ROOT, gpu_mixed_precision
+from segexp.data.datamodule import SegmentationDataModule, collate_uint8_labels
 from segexp.data.datasets.camvid import CamVid
 from segexp.training.build import build_datamodule
 from tests.test_gpu import cosine, one_step_update, relative_error
@@ -120,7 +121,8 @@ def test_bench_loader_files_load_as_camvid_and_are_timed(tmp_path: Path) -> None
     dataset = CamVid(root=str(tmp_path / "pairs"), split="train")
     sample = dataset[(0, 0)]
     assert tuple(sample["image"].shape) == (3, 1024, 2048) and int(sample["label"].max()) <= 10
-    assert bench.loader_rate(workers=0, crop=64, batch=2, images=4, epochs=2) > 0
+    for compact in (False, True):
+        assert bench.loader_rate(workers=0, normalize_on_device=compact, crop=64, batch=2, images=4, epochs=2) > 0
 
 
 def test_bench_bare_loop_follows_the_precision_and_layout(tmp_path: Path) -> None:
@@ -140,7 +142,8 @@ def test_bench_gpu_report_from_known_timings(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr(bench, "measure", lambda mode, argv: {"median_s": step_s[mode], "peak_mb": 1000.0})
     asked: list[tuple] = []
     monkeypatch.setattr(bench, "inference_rate", lambda *a, **k: asked.append(a) or 20.0)
-    monkeypatch.setattr(bench, "loader_rate", lambda workers: 300.0)
+    monkeypatch.setattr(bench, "loader_rate", lambda workers, normalize_on_device: 360.0 if normalize_on_device
+                        else 300.0)
     report = bench.gpu_suite(bench.parse_args(["--loader-workers=16"]))
     for os_, batch in ((16, 16), (8, 8)):
         flops = bench.forward_flops(101, os_, 512, 512)
@@ -152,8 +155,8 @@ def test_bench_gpu_report_from_known_timings(monkeypatch: pytest.MonkeyPatch) ->
         assert result["segexp_over_bare"] == pytest.approx(1.02)
     assert asked == [(101, 8, (512, 1024), False), (101, 8, (1024, 2048), True)]
     assert report["inference"]["whole_512x1024"]["images_per_s"] == 20.0
-    assert report["loader"] == {"workers": 16, "samples_per_s": 300.0, "crop": [512, 512],
-                                "source": "1024x2048 JPEG + PNG label pairs"}
+    assert report["loader"] == {"workers": 16, "samples_per_s": {"float32": 300.0, "uint8": 360.0},
+                                "crop": [512, 512], "source": "1024x2048 JPEG + PNG label pairs"}
     assert report["device"] == "Test GPU" and report["precision"] == "bf16-mixed"
 
 
@@ -162,3 +165,46 @@ def test_bench_inference_rate_runs_whole_and_sliding_on_the_cpu() -> None:
     21x43) over a 64x128 image."""
     assert bench.inference_rate(18, 8, (32, 64), slide=False, repeats=1, device="cpu") > 0
     assert bench.inference_rate(18, 8, (64, 128), slide=True, repeats=1, device="cpu", window=(32, 64)) > 0
+
+
+def test_uint8_batches_normalised_after_the_transfer_equal_the_float_batches(make_cfg) -> None:
+    """data.normalize_on_device: the same samples (same seeds) travel as uint8 images and labels, and the
+    datamodule's after-transfer hook turns them into the batches of the float path."""
+    plain = build_datamodule(make_cfg("data.num_workers=0", "data.normalize_on_device=false"))
+    compact = build_datamodule(make_cfg("data.num_workers=0", "data.normalize_on_device=true"))
+    for name in ("train_dataloader", "val_dataloader"):
+        expected, moved = next(iter(getattr(plain, name)())), next(iter(getattr(compact, name)()))
+        assert moved["image"].dtype == torch.uint8 and moved["label"].dtype == torch.uint8
+        assert expected["image"].dtype == torch.float32 and expected["label"].dtype == torch.int64
+        assert moved["image"].nbytes * 4 == expected["image"].nbytes
+        batch = compact.on_after_batch_transfer(moved, 0)
+        torch.testing.assert_close(batch["image"], expected["image"], rtol=0, atol=1e-6)
+        assert torch.equal(batch["label"], expected["label"]) and batch["label"].dtype == torch.int64
+    assert plain.on_after_batch_transfer(expected, 0) is expected  # the float path passes through
+    labels = torch.tensor([[0, 10], [254, 255]])  # class ids and the ignore value survive the uint8 trip
+    moved = collate_uint8_labels([{"image": torch.zeros(3, 2, 2, dtype=torch.uint8), "label": labels}])
+    assert moved["label"].dtype == torch.uint8 and torch.equal(moved["label"][0].long(), labels)
+
+
+def test_normalize_on_device_defaults_to_cuda_and_refuses_too_many_classes(make_cfg, monkeypatch) -> None:
+    assert not build_datamodule(make_cfg("data.num_workers=0")).normalize_on_device  # no CUDA here
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert build_datamodule(make_cfg("data.num_workers=0")).normalize_on_device
+    monkeypatch.setattr(SegmentationDataModule, "num_classes", 300)
+    with pytest.raises(ValueError, match=r"normalize_on_device=true moves labels as uint8, but .* has 300 classes"):
+        build_datamodule(make_cfg("data.num_workers=0"))
+
+
+@pytest.mark.slow
+def test_training_with_uint8_batches_matches_the_float_path(make_cfg) -> None:
+    """Two steps and a validation through Lightning, batches as float32 or as uint8 normalised by the hook:
+    the same weights and metrics."""
+    runs = [make_cfg("trainer.max_steps=2", "trainer.val_check_interval=2", f"data.normalize_on_device={flag}")
+            for flag in ("false", "true")]
+    metrics = [run_training(cfg) for cfg in runs]
+    # inputs equal to 2.4e-7 (A.Normalize rounds otherwise): a few borderline pixels may flip
+    assert metrics[0]["mIoU"] == pytest.approx(metrics[1]["mIoU"], abs=1e-3) and metrics[1]["steps"] == 2
+    weights = [torch.load(Path(c.output_dir) / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+               for c in runs]
+    for key, value in weights[0].items():
+        torch.testing.assert_close(weights[1][key], value, rtol=1e-4, atol=1e-5, msg=key)

@@ -20,7 +20,8 @@ precision (fp16 where bf16 is unsupported), channels_last, cuDNN benchmark:
   windows (stride 341x683, 3x3 windows) over 1024x2048 images, the Cityscapes protocol of mmsegmentation;
 - the data loader alone: samples/s of segexp's training pipeline (decode, random scale 0.5-2, pad,
   crop 512x512 as the training figures, flip, normalise, collate, pin) over JPEG/PNG pairs of Cityscapes
-  size that the benchmark writes itself, with as many workers as CPU cores: does loading keep up?
+  size that the benchmark writes itself, with as many workers as CPU cores: does loading keep up? Timed
+  twice: batches as float32 images + int64 labels, and as uint8 (``data.normalize_on_device``).
 
 Figures are printed and written to ``--json`` (default ``outputs/bench/bench-<device>.json``).
 
@@ -290,14 +291,16 @@ def write_cityscapes_size_pairs(root: Path, count: int, seed: int = 0) -> None:
     (root / "train.txt").write_text("\n".join(lines) + "\n")
 
 
-def loader_rate(workers: int, crop: int = 512, batch: int = 16, images: int = 96, epochs: int = 3) -> float:
+def loader_rate(workers: int, normalize_on_device: bool = False, crop: int = 512, batch: int = 16,
+                images: int = 96, epochs: int = 3) -> float:
     """Samples/s of segexp's training loader (``crop`` squares, as the training figures) on Cityscapes-size
-    files; the first epoch (worker start-up) is not counted."""
+    files, batches as float32 images + int64 labels or (``normalize_on_device``) as uint8; the first epoch
+    (worker start-up) is not counted."""
     with tempfile.TemporaryDirectory() as tmp:
         write_cityscapes_size_pairs(Path(tmp), images)
         cfg = compose_config(["dataset=camvid", f"dataset.root={tmp}", f"data.crop_size=[{crop},{crop}]",
                               f"data.batch_size={batch}", f"data.num_workers={workers}",
-                              "data.scale_range=[0.5,2.0]"])
+                              "data.scale_range=[0.5,2.0]", f"data.normalize_on_device={normalize_on_device}"])
         loader = build_datamodule(cfg).train_dataloader()
         counted, start = 0, 0.0
         for epoch in range(epochs):
@@ -339,13 +342,13 @@ def gpu_suite(args: argparse.Namespace) -> dict[str, Any]:
         print(f"inference DeepLabv3-R101 OS 8, {name.replace('_', ' ')}, batch 1: {rate:.1f} images/s "
               f"({rate / MMSEG_V100_FPS:.1f}x mmseg's V100 fp32 {MMSEG_V100_FPS} fps)", flush=True)
     workers = args.loader_workers or os.cpu_count() or 1
-    rate = loader_rate(workers)
-    report["loader"] = {"workers": workers, "samples_per_s": rate, "crop": [512, 512],
+    rates = {name: loader_rate(workers, normalize_on_device=name == "uint8") for name in ("float32", "uint8")}
+    report["loader"] = {"workers": workers, "samples_per_s": rates, "crop": [512, 512],
                         "source": "1024x2048 JPEG + PNG label pairs"}
     need = report["training"].get("os16", {}).get("segexp", {}).get("images_per_s")
     verdict = f" (training at OS 16 consumes {need:.0f}/s)" if need else ""
-    print(f"data loader, {workers} workers, 1024x2048 JPEG/PNG -> 512x512 crops: {rate:.0f} samples/s{verdict}",
-          flush=True)
+    print(f"data loader, {workers} workers, 1024x2048 JPEG/PNG -> 512x512 crops: {rates['float32']:.0f} samples/s "
+          f"as float32, {rates['uint8']:.0f} as uint8 (data.normalize_on_device){verdict}", flush=True)
     return report
 
 

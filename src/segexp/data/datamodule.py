@@ -28,15 +28,16 @@ import cv2
 import pytorch_lightning as pl
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, Sampler, default_collate
 
 from segexp.data.bootstrapping import class_presence, hard_class_ids, sample_repeats
-from segexp.data.datasets.base import SegmentationDataset
+from segexp.data.datasets.base import IGNORE_INDEX, SegmentationDataset
 from segexp.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     build_eval_transform,
     build_train_transform,
+    normalize_on_device,
 )
 
 log = logging.getLogger(__name__)
@@ -154,6 +155,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         seed: int = 0,
         hard_classes: list[str] | None = None,
         hard_repeat: int = 2,
+        normalize_on_device: bool | None = None,
     ) -> None:
         super().__init__()
         self.dataset_factory = dataset
@@ -173,6 +175,11 @@ class SegmentationDataModule(pl.LightningDataModule):
             raise ValueError(f"data.hard_repeat must be >= 1 (copies of each hard image in total), got {hard_repeat}")
         if self.hard_classes is not None:
             hard_class_ids(self.hard_classes, self.class_names)  # fail on unknown names before any data is read
+        # None: on where CUDA is (batches cross to the GPU as uint8, a quarter of the float32 bytes)
+        self.normalize_on_device = torch.cuda.is_available() if normalize_on_device is None else normalize_on_device
+        if self.normalize_on_device and self.num_classes > IGNORE_INDEX:
+            raise ValueError(f"data.normalize_on_device=true moves labels as uint8, but {self.dataset_class.__name__}"
+                             f" has {self.num_classes} classes (at most {IGNORE_INDEX} fit beside the ignore value)")
         self.datasets: dict[tuple[str, bool], SegmentationDataset] = {}
         self._train_repeats: list[int] | None = None
 
@@ -195,12 +202,13 @@ class SegmentationDataModule(pl.LightningDataModule):
     def split_dataset(self, split: str, train: bool) -> SegmentationDataset:
         """The dataset of one split with the train or eval pipeline (built once, then cached)."""
         if (split, train) not in self.datasets:
+            normalize = not self.normalize_on_device
             if train:
                 transform = build_train_transform(
-                    self.crop_size, self.scale_range, self.scale_step, self.hflip, self.mean, self.std
+                    self.crop_size, self.scale_range, self.scale_step, self.hflip, self.mean, self.std, normalize
                 )
             else:
-                transform = build_eval_transform(self.mean, self.std)
+                transform = build_eval_transform(self.mean, self.std, normalize)
             self.datasets[split, train] = self.dataset_factory(split=split, transform=transform)
         return self.datasets[split, train]
 
@@ -267,13 +275,23 @@ class SegmentationDataModule(pl.LightningDataModule):
         sampler = SeededSampler(len(dataset), self.seed, shuffle=False)
         return tracked(DataLoader(dataset, batch_size=self.val_batch_size, sampler=sampler, **self._loader_kwargs()))
 
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """With ``normalize_on_device``: the uint8 images and labels that crossed to the device become the
+        normalised float32 images and long labels every consumer expects (Lightning calls this hook)."""
+        if self.normalize_on_device and isinstance(batch, dict) and batch["image"].dtype == torch.uint8:
+            batch = {**batch, "image": normalize_on_device(batch["image"], self.mean, self.std),
+                     "label": batch["label"].long()}
+        return batch
+
     def _loader_kwargs(self) -> dict[str, Any]:
         """Workers stay alive across epochs and prefetch ``prefetch_factor`` batches each; batches go to
-        page-locked memory when CUDA is present (faster, asynchronous host-to-device copies)."""
+        page-locked memory when CUDA is present (faster, asynchronous host-to-device copies), and travel as
+        uint8 with ``normalize_on_device``."""
         workers = {"persistent_workers": True, "prefetch_factor": self.prefetch_factor} if self.num_workers else {}
         return {
             "num_workers": self.num_workers,
             "pin_memory": torch.cuda.is_available(),
+            "collate_fn": collate_uint8_labels if self.normalize_on_device else None,
             **workers,
             # A private generator keeps loader start-up from consuming the global torch RNG.
             "generator": torch.Generator().manual_seed(self.seed),
@@ -296,6 +314,14 @@ def single_threaded_worker(worker_id: int) -> None:
     cv2.setNumThreads(1)
     for signum in (signal.SIGTERM, signal.SIGUSR1):
         signal.signal(signum, signal.SIG_IGN)
+
+
+def collate_uint8_labels(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """The default batch, with labels as uint8 (class ids < 255 and the ignore value 255 fit; the datasets
+    reject any other value): with uint8 images, a batch is a fifth of the float32 + int64 bytes."""
+    batch = default_collate(samples)
+    batch["label"] = batch["label"].to(torch.uint8)
+    return batch
 
 
 def tracked(loader: DataLoader) -> DataLoader:
