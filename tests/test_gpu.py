@@ -63,7 +63,8 @@ def one_step_update(cfg: Any, accelerator: str, precision: str) -> tuple[torch.T
     """All parameters' change in one SGD step on a fixed batch (same initial weights on every call: seed 0)."""
     torch.manual_seed(0)
     cfg = cfg.copy()
-    OmegaConf.update(cfg, "data.normalize_on_device", False)  # a plain loader, no datamodule hook: float batches
+    # a plain loader, without the datamodule's after-transfer hook: float batches
+    OmegaConf.update(cfg, "data.normalize_on_device", False, force_add=True)
     datamodule = build_datamodule(cfg)
     module = build_module(cfg, datamodule)
     before = {k: v.detach().clone() for k, v in module.model.named_parameters()}

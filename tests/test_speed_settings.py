@@ -170,8 +170,8 @@ def test_bench_inference_rate_runs_whole_and_sliding_on_the_cpu() -> None:
 def test_uint8_batches_normalised_after_the_transfer_equal_the_float_batches(make_cfg) -> None:
     """data.normalize_on_device: the same samples (same seeds) travel as uint8 images and labels, and the
     datamodule's after-transfer hook turns them into the batches of the float path."""
-    plain = build_datamodule(make_cfg("data.num_workers=0", "data.normalize_on_device=false"))
-    compact = build_datamodule(make_cfg("data.num_workers=0", "data.normalize_on_device=true"))
+    plain = build_datamodule(make_cfg("data.num_workers=0", "+data.normalize_on_device=false"))
+    compact = build_datamodule(make_cfg("data.num_workers=0", "+data.normalize_on_device=true"))
     for name in ("train_dataloader", "val_dataloader"):
         expected, moved = next(iter(getattr(plain, name)())), next(iter(getattr(compact, name)()))
         assert moved["image"].dtype == torch.uint8 and moved["label"].dtype == torch.uint8
@@ -199,7 +199,7 @@ def test_normalize_on_device_defaults_to_cuda_and_refuses_too_many_classes(make_
 def test_training_with_uint8_batches_matches_the_float_path(make_cfg) -> None:
     """Two steps and a validation through Lightning, batches as float32 or as uint8 normalised by the hook:
     the same weights and metrics."""
-    runs = [make_cfg("trainer.max_steps=2", "trainer.val_check_interval=2", f"data.normalize_on_device={flag}")
+    runs = [make_cfg("trainer.max_steps=2", "trainer.val_check_interval=2", f"+data.normalize_on_device={flag}")
             for flag in ("false", "true")]
     metrics = [run_training(cfg) for cfg in runs]
     # inputs equal to 2.4e-7 (A.Normalize rounds otherwise): a few borderline pixels may flip

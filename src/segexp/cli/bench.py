@@ -300,7 +300,7 @@ def loader_rate(workers: int, normalize_on_device: bool = False, crop: int = 512
         write_cityscapes_size_pairs(Path(tmp), images)
         cfg = compose_config(["dataset=camvid", f"dataset.root={tmp}", f"data.crop_size=[{crop},{crop}]",
                               f"data.batch_size={batch}", f"data.num_workers={workers}",
-                              "data.scale_range=[0.5,2.0]", f"data.normalize_on_device={normalize_on_device}"])
+                              "data.scale_range=[0.5,2.0]", f"+data.normalize_on_device={normalize_on_device}"])
         loader = build_datamodule(cfg).train_dataloader()
         counted, start = 0, 0.0
         for epoch in range(epochs):
