@@ -150,15 +150,12 @@ def check_config_targets(cfg: DictConfig, origin: TargetOrigin | None = None) ->
     if targets_trusted():
         return
     for prefix, node in target_nodes(cfg):
-        target = str(node["_target_"])
-        if (why := target_refusal(target, prefix)) is not None:
-            raise _untrusted(prefix, target, why, origin(prefix, target) if origin else None)
         try:
-            obj = get_object(target)
-        except Exception:  # noqa: BLE001 -- an import error is validate_config's to report
+            load_target(str(node["_target_"]), prefix, origin)
+        except UntrustedTargetError:
+            raise
+        except ConfigError:  # an import error is validate_config's to report
             continue
-        if (why := object_refusal(obj, prefix)) is not None:
-            raise _untrusted(prefix, target, why, origin(prefix, target) if origin else None)
     for key in LOGGING_NODES:
         node = OmegaConf.select(cfg, key, default=None)
         if isinstance(node, DictConfig):

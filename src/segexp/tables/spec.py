@@ -340,8 +340,8 @@ class _Mapping:
                      f"'{value}' is listed twice (also {self.key(name)}[{values.index(value)}])")
         return tuple(values)
 
-    def positive(self, name: str) -> int | None:
-        value = self.get(name, int)
+    def positive(self, name: str, required: bool = False) -> int | None:
+        value = self.get(name, int, required)
         if value is not None and value < 1:
             fail(self.path, self.key(name), f"must be >= 1, got {value}")
         return value
@@ -566,8 +566,7 @@ def _distributed(node: _Mapping) -> Distributed | None:
     if not node.has("distributed"):
         return None
     sub = _Mapping(node.data["distributed"], node.path, node.key("distributed"), DISTRIBUTED_KEYS)
-    sub.get("max_processes", int, required=True)
-    most = sub.positive("max_processes")
+    most = sub.positive("max_processes", required=True)
     distributed = Distributed(max_processes=most, overrides=sub.strings("overrides"))
     check_overrides(distributed.overrides, node.path, sub.key("overrides"))
     return distributed

@@ -83,10 +83,10 @@ def newest_intact_checkpoint(run_dir: Path, choice: str) -> Path | None:
     """The checkpoint ``ckpt_path=last|auto`` resumes from (see the module docstring). A corrupt candidate is
     logged as a warning naming it; when none loads, the ConfigError names every file tried. None for
     ``auto`` in a folder without checkpoints (a fresh start)."""
-    if (Path(run_dir) / CHECKPOINTS_FOLDER).is_dir():  # writes killed half-way (never a valid checkpoint)
-        atomic.remove_stale_temporaries(Path(run_dir) / CHECKPOINTS_FOLDER)
-    paths = checkpoint_candidates(run_dir)
     folder = Path(run_dir) / CHECKPOINTS_FOLDER
+    if folder.is_dir():  # writes killed half-way (never a valid checkpoint)
+        atomic.remove_stale_temporaries(folder)
+    paths = checkpoint_candidates(run_dir)
     if not paths:
         if choice == "auto":
             return None
