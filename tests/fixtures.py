@@ -177,3 +177,9 @@ def make_cityscapes(
             write_gray(label_dir / f"{stem}_{folder}_labelIds.png", stripes_label(label_ids or CITYSCAPES_LABEL_IDS))
             write_gray(label_dir / f"{stem}_{folder}_instanceIds.png", np.zeros((HEIGHT, WIDTH)))
     return root
+
+
+def cut_in_half(path: Path) -> None:
+    """Keep the first half of ``path``'s bytes: a file cut short (a copy interrupted, a disk error)."""
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])

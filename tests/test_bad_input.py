@@ -23,6 +23,7 @@ from tests.fixtures import (
     VOC_TRAIN,
     VOC_VAL,
     WIDTH,
+    cut_in_half,
     make_camvid,
     make_voc,
     random_image,
@@ -42,11 +43,6 @@ BAD = 1
 
 def esc(path: Path) -> str:
     return re.escape(str(path))
-
-
-def cut_in_half(path: Path) -> None:
-    data = path.read_bytes()
-    path.write_bytes(data[: len(data) // 2])
 
 
 def write_16bit(path: Path, array: np.ndarray) -> None:

@@ -23,6 +23,7 @@ from segexp.cli.train import run_training
 from segexp.config import ConfigError
 from segexp.training.callbacks import LastCheckpoint, Preempted
 from segexp.training.checkpoints import newest_intact_checkpoint, resolve_ckpt_path
+from tests.fixtures import cut_in_half
 from tests.test_training import CaptureFinalState
 
 
@@ -30,11 +31,6 @@ def fake_checkpoint(path: Path, step: int) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"state_dict": {"w": torch.zeros(2)}, "global_step": step}, path)
     return path
-
-
-def truncate(path: Path) -> None:
-    data = path.read_bytes()
-    path.write_bytes(data[: len(data) // 2])
 
 
 def test_resume_takes_the_newest_intact_checkpoint_and_names_the_torn_one(tmp_path: Path, caplog) -> None:
@@ -51,11 +47,11 @@ def test_resume_takes_the_newest_intact_checkpoint_and_names_the_torn_one(tmp_pa
     fake_checkpoint(folder / "hpc_ckpt_1.ckpt", 6)
     assert newest_intact_checkpoint(tmp_path, "last") == last  # a tie goes to last.ckpt
     (folder / "hpc_ckpt_1.ckpt").unlink()
-    truncate(last)
+    cut_in_half(last)
     with caplog.at_level(logging.WARNING, logger="segexp.training.checkpoints"):
         assert resolve_ckpt_path("last", tmp_path) == str(best)
     assert f"skipping {last}" in caplog.text
-    truncate(best)
+    cut_in_half(best)
     with pytest.raises(ConfigError, match="no checkpoint in .* can be read; tried") as err:
         newest_intact_checkpoint(tmp_path, "auto")
     assert str(best) in str(err.value) and str(last) in str(err.value)
@@ -66,7 +62,7 @@ def test_auto_starts_afresh_without_checkpoints_and_last_does_not(tmp_path: Path
     with pytest.raises(ConfigError, match=r"ckpt_path=last: no checkpoint in .*checkpoints to resume from"):
         resolve_ckpt_path("last", tmp_path)
     truncated = fake_checkpoint(tmp_path / "elsewhere.ckpt", 2)
-    truncate(truncated)
+    cut_in_half(truncated)
     with pytest.raises(ConfigError, match=r"ckpt_path=.*elsewhere\.ckpt: not a segexp checkpoint"):
         resolve_ckpt_path(str(truncated), tmp_path)
 
