@@ -399,8 +399,10 @@ def test_submitit_rows_ask_for_one_task_per_device() -> None:
         plan_train_job(spec, spec.row("workers16"), full, 0, Path("/x"), launcher="submitit_local")
     t7 = load_table("deeplabv3.t7")
     source = plan_train_job(t7, t7.row("trainval_os8"), full, 0, Path("/x"), launcher="submitit_slurm")
-    evaluation = plan_eval_job(t7.row("deeplabv3"), full, 0, Path("/x"), source, launcher="submitit_slurm")
-    assert evaluation.launcher_overrides == ("hydra.launcher.nodes=1", "hydra.launcher.tasks_per_node=1")
+    evaluation = plan_eval_job(t7, t7.row("deeplabv3"), full, 0, Path("/x"), source, launcher="submitit_slurm")
+    # the eval-only row runs on the GPU kind of the row it evaluates, so its slot asks for one GPU
+    assert evaluation.launcher_overrides == ("hydra.launcher.nodes=1", "hydra.launcher.tasks_per_node=1",
+                                             "hydra.launcher.gpus_per_node=1")
 
 
 def test_submitit_sweeps_group_rows_of_equal_resources_and_user_settings_win(
@@ -436,13 +438,15 @@ def test_submitit_sweeps_group_rows_of_equal_resources_and_user_settings_win(
 
 
 @pytest.mark.parametrize(("paper_delta", "row", "base", "expected"), [
-    (+0.6, [2.0, 2.2, 1.8], [1.0, 1.1, 0.9], REPRODUCED),   # d = 1.0, SE = 0.129
+    # Welch's t-test since the 2 x SE rule went (worked cases in tests/test_verdicts.py); every answer here held
+    # under both rules
+    (+0.6, [2.0, 2.2, 1.8], [1.0, 1.1, 0.9], REPRODUCED),   # d = 1.0, SE = 0.129, df = 2.94: CI [+0.58, +1.42]
     (-0.6, [2.0, 2.2, 1.8], [1.0, 1.1, 0.9], OPPOSITE),
     (0.0, [2.0, 2.2, 1.8], [1.0, 1.1, 0.9], OPPOSITE),
     (+0.6, [1.0, 2.0], [1.2, 1.8], WITHIN_NOISE),           # d = 0
-    (+0.6, [1.0, 3.0], [0.0, 0.0], WITHIN_NOISE),           # d = 2.0 = 2 x SE (SE = 1): not beyond the margin
-    (+0.6, [1.0, 3.1], [0.0, 0.0], WITHIN_NOISE),           # d = 2.05, SE = 1.05: 2.05 <= 2.10
-    (+0.6, [2.0, 2.0], [0.0, 0.0], REPRODUCED),             # no spread at all: any difference counts
+    (+0.6, [1.0, 3.0], [0.0, 0.0], WITHIN_NOISE),           # d = 2.0, SE = 1, df = 1: CI 2 -+ 12.7
+    (+0.6, [1.0, 3.1], [0.0, 0.0], WITHIN_NOISE),           # d = 2.05, SE = 1.05, df = 1: CI 2.05 -+ 13.3
+    (+0.6, [2.0, 2.0], [0.0, 0.0], REPRODUCED),             # no spread at all (SE = 0): any difference counts
     (+0.6, [5.0], [1.0, 1.1], SINGLE_SEED),
     (+0.6, [5.0, 5.1], [1.0], SINGLE_SEED),
 ])
@@ -475,20 +479,30 @@ def test_report_from_fabricated_runs(tmp_path: Path) -> None:
     assert {p.name for p in paths.values()} == {f"deeplabv3.t5.smoke.{s}" for s in ("md", "csv", "png")}
     md = paths["md"].read_text()
     assert "| `mg111` MG(1,1,1) ASPP(6,12,18) | 75.36 | 71.00 ± 1.00 (n=3) | -4.36 |" in md
+    # d = 76 - 71 = 5, s = 1 a side: SE = sqrt(1/3 + 1/3) = 0.816, Welch df = (2/3)^2 / (2 x (1/3)^2 / 2) = 4,
+    # t_{0.975, 4} = 2.776: CI 5 -+ 2.267 = [+2.73, +7.27]. Seeds needed at the pooled s = 1 for the paper's
+    # +0.57: t_{2n-2} x sqrt(2/n) is 0.581 at n = 24, 0.569 at n = 25
     assert "| `mg121` MG(1,2,1) ASPP(6,12,18) | 75.93 | 76.00 ± 1.00 (n=3) | +0.07 | mg111 | +0.57 | +5.00 | " \
-           "reproduced |" in md
-    assert "| 76.58 | 50.00 | -26.58 | mg111 | +1.22 | -21.00 | single seed |" in md
+           "[+2.73, +7.27] df 4.0 | reproduced | 25 |" in md
+    # one seed: no interval, but the baseline's 3 seeds measure the noise (s = 1): t_{2n-2} x sqrt(2/n) < 1.22 from
+    # n = 7 (t_{12} x sqrt(2/7) = 2.179 x 0.535 = 1.165; n = 6: t_{10} x sqrt(1/3) = 2.228 x 0.577 = 1.286)
+    assert "| 76.58 | 50.00 | -26.58 | mg111 | +1.22 | -21.00 | — | single seed | 7 |" in md
     assert "failed: seed0: RuntimeError: boom" in md and "| 77.21 | missing |" in md
     assert VERDICT_RULE in md
     assert md.count(f"`{base_dir}/mg111/seed0`, `{base_dir}/mg111/seed1`, `{base_dir}/mg111/seed2` |") == 1
     assert md.count(f"| `{base_dir}/mg124/seed0` |") == 1 and md.count(f"| `{base_dir}/mg124_aspp24/seed0` |") == 1
     never_ran = next(line for line in md.splitlines() if line.startswith("| `mg124_pool`"))
-    assert never_ran.endswith("| 77.21 | missing | — | mg124 | +0.63 | — | — |  |  |")  # no run dir
+    # no run dir (nor interval, verdict, seeds needed)
+    assert never_ran.endswith("| 77.21 | missing | — | mg124 | +0.63 | — | — | — |  |  |  |")
     rows = {r["row"]: r for r in csv.DictReader(paths["csv"].open())}
     assert rows["mg111"]["run_dir"] == f"{base_dir}/mg111/seed0; {base_dir}/mg111/seed1; {base_dir}/mg111/seed2"
     assert rows["mg124_pool"]["run_dir"] == ""
     assert float(rows["mg121"]["measured_delta"]) == pytest.approx(5.0)
     assert rows["mg121"]["verdict"] == REPRODUCED and rows["mg124_aspp24"]["status"] == "failed"
+    assert (float(rows["mg121"]["ci_low"]), float(rows["mg121"]["ci_high"]), float(rows["mg121"]["df"])) == \
+        pytest.approx((2.733, 7.267, 4.0), abs=1e-3)
+    assert rows["mg121"]["seeds_needed"] == "25" and rows["mg124"]["seeds_needed"] == "7"
+    assert rows["mg124"]["ci_low"] == rows["mg124"]["df"] == rows["mg124_pool"]["seeds_needed"] == ""
     assert paths["png"].read_bytes()[:4] == b"\x89PNG"
     assert not list((tmp_path / "results").glob("*.tmp"))
 

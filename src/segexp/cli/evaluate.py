@@ -38,6 +38,7 @@ from segexp.targets import TargetOrigin, hydra_target_origin
 from segexp.training.build import build_datamodule, build_module, validate
 from segexp.training.callbacks import SavePredictions
 from segexp.training.checkpoints import read_checkpoint, upgrade_stored_config
+from segexp.training.eval_settings import inference_of_checkpoint, trainer_of_checkpoint
 from segexp.training.harness import (
     build_loggers,
     build_trainer,
@@ -68,8 +69,10 @@ def run_config(cfg: DictConfig, stored: dict[str, Any]) -> DictConfig:
         run.model.eval_output_stride = cfg.model.eval_output_stride
     run.backbone.pretrained = None  # the checkpoint holds the weights
     run.model.init_from = None
-    for key in ("inference", "trainer", "logger", "callbacks", "output_dir", "seed"):
+    for key in ("logger", "callbacks", "output_dir", "seed"):
         run[key] = cfg.get(key)
+    run.trainer = trainer_of_checkpoint(cfg.trainer, run.trainer)
+    run.inference = inference_of_checkpoint(cfg.get("inference"), run.get("inference"))
     return run
 
 
@@ -183,8 +186,8 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
 
 
 def inference_settings(module: Any) -> dict[str, Any]:
-    """How the scores were computed: test-time scales, flip, whole image or sliding window, output stride, and
-    shifted passes (scores at output_stride / shift_passes)."""
+    """How the scores were computed: test-time scales, flip, whole image or sliding window, output stride,
+    shifted passes (scores at output_stride / shift_passes), and the size each image was padded to (or None)."""
     inference = module.inference
     return {
         "scales": list(inference.scales),
@@ -194,6 +197,7 @@ def inference_settings(module: Any) -> dict[str, Any]:
         "stride": list(inference.stride) if inference.stride else None,
         "output_stride": module.eval_output_stride or module.model.output_stride,
         "shift_passes": inference.shift_passes,
+        "pad_to": list(inference.pad_to) if inference.pad_to else None,
     }
 
 

@@ -1,6 +1,7 @@
 """``segexp-table``: list the paper tables, run one (or every ready one) under a profile, write its report.
 
     segexp-table list
+    segexp-table plan deeplabv3.t4 [--profile full] [--row ms_flip]  # the protocol card and the runs, nothing run
     segexp-table run deeplabv3.t5 --profile smoke [--rows mg111,mg124] [--seeds 3] [--dry-run]
     segexp-table run deeplabv3.t5 --profile full --launcher submitit_slurm -- hydra.launcher.partition=gpu
     segexp-table run all --profile smoke                  # every ready table; pending ones are listed as skipped
@@ -10,6 +11,8 @@
 with ``evidence: true`` (proxy, full), ``outputs/tables/reports/`` for the others (smoke: scratch output).
 A pending table (``status: pending``) is never run: naming one is refused with its reason (exit code 2).
 Overrides after ``--`` apply to every training row (``hydra.*`` ones go to the Hydra command line).
+Under a profile that checks the protocol (``full``), a row whose composed value of a carded setting contradicts
+its protocol card (:mod:`segexp.tables.card`) is refused (exit code 2) unless ``--allow-deviations`` is given.
 A spec, profile or config file naming a ``_target_`` outside the allowed packages is refused (exit code 2) unless
 ``--trust-targets`` is given; the segexp-train / segexp-eval processes a run starts are then trusted too.
 """
@@ -66,6 +69,15 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--launcher", help="Hydra launcher plugin (hydra/launcher=NAME), e.g. submitit_slurm")
     run.add_argument("--dry-run", action="store_true", help="print what would run, write nothing")
     run.add_argument("--quiet", action="store_true", help="do not echo the training output")
+    run.add_argument("--allow-deviations", action="store_true",
+                     help="run rows whose composed settings contradict their protocol card (warned about)")
+    plan = sub.add_parser("plan", parents=[common],
+                          help="print each row's protocol card and the runs it would start; runs nothing")
+    plan.add_argument("table", help="table id (e.g. deeplabv3.t4)")
+    plan.add_argument("--profile", default="full")
+    plan.add_argument("--row", help="comma-separated row names (default: all rows)")
+    plan.add_argument("--seeds", type=int, default=1)
+    plan.add_argument("--launcher", help="Hydra launcher plugin, as for run")
     report = sub.add_parser("report", parents=[common],
                             help="write <id>.<profile>.{md,csv,png} (experiments/results or outputs)")
     report.add_argument("table", help=f"table id, or '{ALL}' for every ready table")
@@ -122,7 +134,7 @@ def command_run(args: argparse.Namespace, extra: Sequence[str]) -> int:
     for spec in (s for s in specs if s.ready):
         start = time.perf_counter()
         result = run_table(spec, profile, seeds=args.seeds, rows=rows, launcher=args.launcher, extra=extra,
-                           dry_run=args.dry_run, quiet=args.quiet)
+                           dry_run=args.dry_run, quiet=args.quiet, allow_deviations=args.allow_deviations)
         if not args.dry_run:
             print_result(result, time.perf_counter() - start)
             report_table(spec, profile)
@@ -130,6 +142,19 @@ def command_run(args: argparse.Namespace, extra: Sequence[str]) -> int:
     for spec in pending:
         print(f"skipped {spec.pending_message()}")
     return 1 if failed else 0
+
+
+def command_plan(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    """The table's card, then per row: the runs (training / eval, device kind, processes, precision, batch,
+    steps, eval geometry) and its composed card; rows that contradict the card are marked."""
+    from segexp.tables.plan_text import plan_text
+    from segexp.tables.runner import plan_table
+
+    spec, profile = load_table(args.table), load_profile(args.profile)
+    rows = [r for r in args.row.split(",") if r] if args.row else None
+    plan = plan_table(spec, profile, seeds=args.seeds, rows=rows, launcher=args.launcher, extra=extra)
+    print("\n".join(plan_text(spec, profile, plan)))
+    return 0
 
 
 def command_report(args: argparse.Namespace) -> int:
@@ -158,6 +183,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return command_list()
         if args.command == "run":
             return command_run(args, extra)
+        if args.command == "plan":
+            return command_plan(args, extra)
         return command_report(args)
     except SpecError as err:
         print(f"segexp-table: {err}", file=sys.stderr)

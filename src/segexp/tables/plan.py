@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +22,11 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
 from segexp.config import CONF_DIR, compose_config
+from segexp.tables.card import CardLine, card_lines, contradictions
 from segexp.tables.spec import INIT_KEY, Profile, Protocol, Row, TableSpec, fail, override_key
 from segexp.tables.store import TABLE_ROW_FILE
 from segexp.targets import UntrustedTargetError
+from segexp.training.eval_settings import GPU_ACCELERATORS, inference_of_checkpoint
 
 TRAIN, EVAL = "train", "eval"
 CHECKPOINTS = "checkpoints"
@@ -33,7 +35,6 @@ BASIC_LAUNCHER = "basic"
 SUBMITIT_LOCAL = "submitit_local"
 SINGLE_NODE_LAUNCHERS = (None, BASIC_LAUNCHER, SUBMITIT_LOCAL)
 """Launchers that start every job on this machine."""
-GPU_ACCELERATORS = ("gpu", "cuda")
 HASH_OUTPUT_DIR = "/segexp-table-row"
 """output_dir used when composing for the hash, so the hash does not depend on where outputs live."""
 HASH_EXCLUDED = ("output_dir", "logger", "ckpt_path", "ckpt", "seed")
@@ -80,10 +81,26 @@ def train_overrides(spec: TableSpec, row: Row, profile: Profile, extra: Sequence
     return merge_overrides(kept, profile.overrides, extra)
 
 
-def eval_overrides(row: Row, profile: Profile, ckpt: Path) -> list[str]:
-    """segexp-eval overrides of an eval-only row: its own minus what the profile drops (e.g. a test split
-    the profile's dataset lacks), then the profile's loader/trainer settings."""
-    return merge_overrides([f"ckpt={ckpt}"], drop_overrides(row.eval_overrides, profile.drop), profile.eval_overrides)
+def eval_overrides(row: Row, profile: Profile, ckpt: Path, trainer: Sequence[str] = ()) -> list[str]:
+    """segexp-eval overrides of an eval-only row: the trainer of the row it evaluates (``trainer``, see
+    :func:`source_trainer_overrides`), its own overrides minus what the profile drops (e.g. a test split the
+    profile's dataset lacks), then the profile's loader/trainer settings (the profile has the last word)."""
+    own = drop_overrides(row.eval_overrides, profile.drop)
+    return merge_overrides([f"ckpt={ckpt}"], trainer, own, profile.eval_overrides)
+
+
+def source_trainer_overrides(train_cfg: DictConfig) -> list[str]:
+    """The trainer an eval-only row evaluates on: one device of the kind the evaluated row trained on, at its
+    precision, so that the delta against that row measures the inference change and nothing else (a GPU row's
+    multi-scale OS-8 evaluation does not fall back to days of fp32 on the CPU). ``trainer=gpu`` or
+    ``trainer=cpu``, plus ``trainer.precision`` when the training row set one other than that group's."""
+    accelerator = str(train_cfg.trainer.get("accelerator", "cpu"))
+    group = "gpu" if accelerator in GPU_ACCELERATORS else "cpu"
+    trained = OmegaConf.to_container(train_cfg.trainer, resolve=False).get("precision")
+    default = OmegaConf.to_container(compose_config([f"trainer={group}"], "eval").trainer, resolve=False)
+    if trained == default.get("precision"):
+        return [f"trainer={group}"]
+    return [f"trainer={group}", f"trainer.precision={train_cfg.trainer.precision}"]
 
 
 def replaced_by_profile(row: Row, profile: Profile) -> list[str]:
@@ -242,6 +259,14 @@ class Job:
     own_process: bool = False
     source_dir: Path | None = None
     launcher_overrides: tuple[str, ...] = ()
+    eval_trainer: tuple[str, ...] = ()
+    """For a training job: the trainer overrides of the eval-only rows that evaluate it."""
+    card: tuple[CardLine, ...] = ()
+    """The row's composed protocol card (:mod:`segexp.tables.card`)."""
+    card_problems: tuple[str, ...] = ()
+    """Carded settings that contradict the card, under a profile that checks the protocol (``full``)."""
+    cfg: DictConfig | None = field(default=None, compare=False, repr=False)
+    """The composed config (segexp-train's, or segexp-eval's for an eval-only row)."""
 
     @property
     def choice(self) -> str:
@@ -279,10 +304,12 @@ def plan_train_job(spec: TableSpec, row: Row, profile: Profile, seed: int, base_
     if profile.check_protocol:
         warnings += protocol_warnings(cfg, spec.protocol_of(row))
     facts = (source.config_hash, record_stamp(source.run_dir)) if source is not None else ()
+    card = card_lines(spec, row, cfg, effective_batch(cfg), overrides)
     return Job(row=row, seed=seed, kind=TRAIN, overrides=tuple(overrides), run_dir=base_dir / row.name / f"seed{seed}",
                config_hash=config_hash(cfg, *facts), warnings=tuple(warnings),
                own_process=needs_own_process(cfg, launcher), source_dir=source.run_dir if source else None,
-               launcher_overrides=launcher_overrides(cfg, launcher))
+               launcher_overrides=launcher_overrides(cfg, launcher), eval_trainer=tuple(source_trainer_overrides(cfg)),
+               card=tuple(card), card_problems=tuple(contradictions(card) if profile.check_protocol else ()), cfg=cfg)
 
 
 def last_checkpoint(run_dir: Path) -> Path:
@@ -297,15 +324,21 @@ def record_stamp(run_dir: Path) -> int | None:
     return record.stat().st_mtime_ns if record.is_file() else None
 
 
-def plan_eval_job(row: Row, profile: Profile, seed: int, base_dir: Path, source: Job,
+def plan_eval_job(spec: TableSpec, row: Row, profile: Profile, seed: int, base_dir: Path, source: Job,
                   launcher: str | None = None) -> Job:
     """An eval-only row on ``source``'s last checkpoint; its hash covers the source run (config and launch)."""
-    overrides = eval_overrides(row, profile, last_checkpoint(source.run_dir))
+    overrides = eval_overrides(row, profile, last_checkpoint(source.run_dir), source.eval_trainer)
     cfg = compose(overrides, seed, config_name="eval")
     dropped = [f"profile {profile.name} drops {o}" for o in row.eval_overrides if o not in overrides]
+    trained = source.cfg if source.cfg is not None else compose(source.overrides, seed)  # a Job built by hand
+    evaluated = cfg.copy()  # what segexp-eval will run: the checkpoint's inference settings where the row leaves them
+    evaluated.inference = inference_of_checkpoint(cfg.get("inference"), trained.get("inference"))
+    card = card_lines(spec, row, trained, effective_batch(trained), [*overrides, *source.overrides],
+                      eval_cfg=evaluated)
     return Job(row=row, seed=seed, kind=EVAL, overrides=tuple(overrides), run_dir=base_dir / row.name / f"seed{seed}",
                config_hash=config_hash(cfg, source.config_hash, record_stamp(source.run_dir)),
-               warnings=tuple(dropped), source_dir=source.run_dir, launcher_overrides=launcher_overrides(cfg, launcher))
+               warnings=tuple(dropped), source_dir=source.run_dir, launcher_overrides=launcher_overrides(cfg, launcher),
+               card=tuple(card), card_problems=tuple(contradictions(card) if profile.check_protocol else ()), cfg=cfg)
 
 
 def _is_group(key: str) -> bool:

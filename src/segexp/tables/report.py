@@ -1,9 +1,11 @@
 """``segexp-table report``: a table's measured values next to the paper's, as markdown, CSV and a PNG chart.
 
 Per row and metric (in the paper's units, e.g. mIoU x 100): the paper value, the measured mean +- sample
-std over seeds, measured - paper, and against the baseline row the paper's delta, the measured delta and
-a verdict on whether the measured seeds reproduce the paper's delta (:func:`verdict`), plus the run's
-protocol warnings and its seed folders. Files are written atomically (:mod:`segexp.atomic`).
+std over seeds, measured - paper, and against the baseline row the paper's delta, the measured delta with
+its 95 % confidence interval (Welch's t-test, :func:`welch_test`), a verdict on whether the measured seeds
+reproduce the paper's delta (:func:`verdict`) and how many seeds per side would resolve it at the measured
+noise (:func:`seeds_needed`), plus the run's protocol warnings and its seed folders. Files are written
+atomically (:mod:`segexp.atomic`).
 
 Where: a profile with ``evidence: true`` (proxy, full) writes ``experiments/results/<id>.<profile>.*``,
 tracked evidence; any other (smoke) writes scratch output to ``outputs/tables/reports/`` (under
@@ -13,6 +15,7 @@ tracked evidence; any other (smoke) writes scratch output to ``outputs/tables/re
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import math
 import statistics
@@ -41,14 +44,27 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 REPRODUCED, OPPOSITE, WITHIN_NOISE, SINGLE_SEED = "reproduced", "opposite", "within noise", "single seed"
-NOISE_MARGIN = 2.0
+CONFIDENCE = 0.95
+"""Two-sided confidence level of the interval of a measured delta (Welch's t-test)."""
+MAX_SEEDS_NEEDED = 1000
+"""``seeds needed`` searches n = 2 .. this many seeds per side; beyond, the report says ``>1000``."""
+BEYOND_MAX_SEEDS = MAX_SEEDS_NEEDED + 1
+"""What :func:`seeds_needed` returns when even :data:`MAX_SEEDS_NEEDED` seeds per side would not do."""
 VERDICT_RULE = (
-    f"Verdict on each paper delta against the baseline row, from the measured seeds: with n_r and n_b seeds of "
-    f"the row and the baseline, measured delta d = mean_r - mean_b and its standard error "
-    f"SE = sqrt(s_r^2/n_r + s_b^2/n_b) (s = sample std). **{REPRODUCED}**: d has the paper delta's sign and "
-    f"|d| > {NOISE_MARGIN:g} x SE; **{OPPOSITE}**: the other sign (or the paper's delta is 0) and "
-    f"|d| > {NOISE_MARGIN:g} x SE; **{WITHIN_NOISE}**: |d| <= {NOISE_MARGIN:g} x SE; **{SINGLE_SEED}**: fewer "
-    f"than 2 seeds of the row or of the baseline (run with `--seeds N`)."
+    f"Verdict on each paper delta against the baseline row, from the measured seeds (Welch's t-test): with n_r "
+    f"and n_b seeds of the row and the baseline, sample stds s_r and s_b, measured delta d = mean_r - mean_b, "
+    f"its standard error SE = sqrt(s_r^2/n_r + s_b^2/n_b) and Welch-Satterthwaite degrees of freedom "
+    f"df = SE^4 / ((s_r^2/n_r)^2/(n_r-1) + (s_b^2/n_b)^2/(n_b-1)), the {CONFIDENCE:.0%} confidence interval "
+    f"of d is d +- t_{{{(1 + CONFIDENCE) / 2:g}, df}} x SE (with 2 seeds a side df is between 1 and 2 and t "
+    f"between 12.7 and 4.3, not 2). **{REPRODUCED}**: the interval excludes 0 and d has the paper delta's sign; "
+    f"**{OPPOSITE}**: it excludes 0 and d has the other sign (or the paper's delta is 0); **{WITHIN_NOISE}**: "
+    f"it includes 0; **{SINGLE_SEED}**: fewer than 2 seeds of the row or of the baseline (run with "
+    f"`--seeds N`). Seeds with no spread at all on both sides (SE = 0) give no df and an interval that is the "
+    f"point d: any d != 0 is decided, d = 0 is within noise. **seeds needed**: the smallest n seeds per side "
+    f"with t_{{{(1 + CONFIDENCE) / 2:g}, 2n-2}} x s x sqrt(2/n) < |paper delta|, s the per-seed std pooled "
+    f"over the row's and the baseline's seeds measured so far (needs 3 seeds in all; blank when the paper's "
+    f"delta is 0 or unknown; >{MAX_SEEDS_NEEDED} past {MAX_SEEDS_NEEDED}): with that many seeds at that noise, "
+    f"a measured delta as large as the paper's would have an interval that excludes 0."
 )
 OK, NOT_RUN, FAILED, MISSING, PENDING_ROW = "ok", "not run", "failed", "missing", "pending"
 RAW_KEYS = {"relative_time": "wall_s"}
@@ -65,18 +81,82 @@ def mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
 
 
-def standard_error_of_difference(row: Sequence[float], base: Sequence[float]) -> float:
-    return math.sqrt(statistics.variance(row) / len(row) + statistics.variance(base) / len(base))
+def t_quantile(p: float, df: float) -> float:
+    """The ``p`` quantile of Student's t with ``df`` (possibly fractional) degrees of freedom."""
+    from scipy.stats import t
+
+    return float(t.ppf(p, df))
+
+
+@dataclass(frozen=True)
+class DeltaTest:
+    """Welch's t-test of a measured delta ``mean(row) - mean(base)``: its standard error, Welch-Satterthwaite
+    degrees of freedom and two-sided :data:`CONFIDENCE` interval. With no spread on either side (``se`` 0)
+    ``df`` is None and the interval is the point ``delta``."""
+
+    delta: float
+    se: float
+    df: float | None
+    low: float
+    high: float
+
+    @property
+    def excludes_zero(self) -> bool:
+        return self.low > 0 or self.high < 0
+
+
+def welch_test(row: Sequence[float], base: Sequence[float]) -> DeltaTest | None:
+    """:class:`DeltaTest` of ``row`` minus ``base``; None with fewer than 2 values on either side."""
+    if len(row) < 2 or len(base) < 2:
+        return None
+    delta = statistics.fmean(row) - statistics.fmean(base)
+    v_row, v_base = statistics.variance(row) / len(row), statistics.variance(base) / len(base)
+    se = math.sqrt(v_row + v_base)
+    if se == 0:
+        return DeltaTest(delta=delta, se=0.0, df=None, low=delta, high=delta)
+    df = (v_row + v_base) ** 2 / (v_row ** 2 / (len(row) - 1) + v_base ** 2 / (len(base) - 1))
+    half = t_quantile((1 + CONFIDENCE) / 2, df) * se
+    return DeltaTest(delta=delta, se=se, df=df, low=delta - half, high=delta + half)
 
 
 def verdict(paper_delta: float, row: Sequence[float], base: Sequence[float]) -> str:
-    """Does the measured delta (seeds of ``row`` minus seeds of ``base``) reproduce ``paper_delta``?"""
-    if len(row) < 2 or len(base) < 2:
+    """Does the measured delta (seeds of ``row`` minus seeds of ``base``) reproduce ``paper_delta``? Welch's
+    t-test (:func:`welch_test`; the rule in :data:`VERDICT_RULE`)."""
+    test = welch_test(row, base)
+    if test is None:
         return SINGLE_SEED
-    measured = statistics.fmean(row) - statistics.fmean(base)
-    if abs(measured) <= NOISE_MARGIN * standard_error_of_difference(row, base):
+    if not test.excludes_zero:
         return WITHIN_NOISE
-    return REPRODUCED if paper_delta != 0 and (measured > 0) == (paper_delta > 0) else OPPOSITE
+    return REPRODUCED if paper_delta != 0 and (test.delta > 0) == (paper_delta > 0) else OPPOSITE
+
+
+def pooled_std(row: Sequence[float], base: Sequence[float]) -> float | None:
+    """The per-seed std pooled over both sides (``n_r + n_b - 2`` degrees of freedom); None below 3 values."""
+    dof = len(row) + len(base) - 2
+    if dof < 1:
+        return None
+    squares = sum((v - statistics.fmean(side)) ** 2 for side in (row, base) if side for v in side)
+    return math.sqrt(squares / dof)
+
+
+@functools.cache
+def critical_values() -> list[float]:
+    """``t_{(1 + CONFIDENCE) / 2, 2n - 2}`` for n = 2 .. :data:`MAX_SEEDS_NEEDED` (index n - 2)."""
+    from scipy.stats import t
+
+    return [float(v) for v in t.ppf((1 + CONFIDENCE) / 2, [2 * n - 2 for n in range(2, MAX_SEEDS_NEEDED + 1)])]
+
+
+def seeds_needed(paper_delta: float | None, row: Sequence[float], base: Sequence[float]) -> int | None:
+    """The fewest seeds per side (n >= 2) whose :data:`CONFIDENCE` interval of a delta, at the pooled per-seed
+    std measured so far (:func:`pooled_std`), is narrower than ``|paper_delta|`` on each side of it:
+    ``t_{2n-2} * s * sqrt(2/n) < |paper_delta|``. :data:`BEYOND_MAX_SEEDS` when no n up to
+    :data:`MAX_SEEDS_NEEDED` does; None when the paper's delta is 0 or unknown or the std is not measured."""
+    s = pooled_std(row, base)
+    if paper_delta is None or paper_delta == 0 or s is None:
+        return None
+    return next((n for n, t in enumerate(critical_values(), start=2)
+                 if t * s * math.sqrt(2 / n) < abs(paper_delta)), BEYOND_MAX_SEEDS)
 
 
 def metric_value(metrics: dict[str, Any], metric: str) -> float | None:
@@ -106,9 +186,13 @@ class Cell:
     paper_delta: float | None = None
     measured_delta: float | None = None
     se_delta: float | None = None
+    ci_low: float | None = None
+    ci_high: float | None = None
+    df: float | None = None
     paper_ratio: float | None = None
     measured_ratio: float | None = None
     verdict: str = ""
+    seeds_needed: int | None = None
     detail: str = ""
     warnings: list[str] = field(default_factory=list)
     run_dirs: list[str] = field(default_factory=list)
@@ -192,8 +276,8 @@ def build_cell(spec: TableSpec, row: Row, metric: str, results: dict[str, RowRes
     base_paper = spec.row(baseline).paper.get(metric) if baseline else None
     if cell.measured is not None and base_mean is not None:
         cell.measured_delta = cell.measured - base_mean
-        if len(values) > 1 and len(base_values) > 1:
-            cell.se_delta = standard_error_of_difference(values, base_values)
+        if test := welch_test(values, base_values):
+            cell.se_delta, cell.ci_low, cell.ci_high, cell.df = test.se, test.low, test.high, test.df
     if spec.paper_values == DELTA:  # the paper reports deltas: compare measured deltas with them
         cell.measured = cell.measured_delta if baseline else (0.0 if cell.measured is not None else None)
         cell.std = cell.se_delta if baseline else None
@@ -201,6 +285,7 @@ def build_cell(spec: TableSpec, row: Row, metric: str, results: dict[str, RowRes
         cell.paper_delta = cell.paper - base_paper
         if values and base_values:
             cell.verdict = verdict(cell.paper_delta, values, base_values)
+            cell.seeds_needed = seeds_needed(cell.paper_delta, values, base_values)
     if cell.paper is not None and cell.measured is not None:
         cell.vs_paper = cell.measured - cell.paper
     if metric in MEASURABLE and spec.baseline:
@@ -257,19 +342,35 @@ def measured_text(cell: Cell, signed: bool) -> str:
     return f"{fmt(cell.measured, signed)}{spread}{seeds}"
 
 
+def interval_text(cell: Cell) -> str:
+    """``[low, high] df k`` of the measured delta (``df —`` when neither side has any spread)."""
+    if cell.ci_low is None or cell.ci_high is None:
+        return "—"
+    df = "—" if cell.df is None else f"{cell.df:.1f}"
+    return f"[{fmt(cell.ci_low, signed=True)}, {fmt(cell.ci_high, signed=True)}] df {df}"
+
+
+def seeds_text(n: int | None) -> str:
+    """``seeds needed``: the count, ``>1000`` past :data:`MAX_SEEDS_NEEDED`, blank when not computable."""
+    if n is None:
+        return ""
+    return f">{MAX_SEEDS_NEEDED}" if n > MAX_SEEDS_NEEDED else str(n)
+
+
 def md_escape(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
 def markdown_table(cells: Sequence[Cell], deltas: bool) -> list[str]:
-    lines = ["| row | paper | measured | Δ vs paper | baseline | paper Δ | measured Δ | verdict | warnings | run dir |",
-             "|---|---:|---:|---:|---|---:|---:|---|---|---|"]
+    lines = ["| row | paper | measured | Δ vs paper | baseline | paper Δ | measured Δ | "
+             f"{CONFIDENCE:.0%} CI of Δ | verdict | seeds needed | warnings | run dir |",
+             "|---|---:|---:|---:|---|---:|---:|---:|---|---:|---|---|"]
     for c in cells:
         name = f"`{c.row.name}`" + (f" {c.row.label}" if c.row.label else "")
         lines.append("| " + " | ".join(md_escape(x) for x in (
             name, fmt(c.paper, deltas), measured_text(c, deltas), fmt(c.vs_paper, signed=True), c.baseline or "—",
-            fmt(c.paper_delta, signed=True), fmt(c.measured_delta, signed=True), c.verdict or "—",
-            "; ".join(c.warnings) or "", ", ".join(f"`{d}`" for d in c.run_dirs))) + " |")
+            fmt(c.paper_delta, signed=True), fmt(c.measured_delta, signed=True), interval_text(c), c.verdict or "—",
+            seeds_text(c.seeds_needed), "; ".join(c.warnings) or "", ", ".join(f"`{d}`" for d in c.run_dirs))) + " |")
     return lines
 
 
@@ -320,7 +421,8 @@ def render_markdown(report: TableReport) -> str:
         if metric in MEASURABLE and spec.baseline:
             lines += ["", *ratio_table(report.cells_of(metric), spec.baseline)]
     lines += ["", "---", "", VERDICT_RULE, "",
-              "Δ vs paper = measured − paper. paper Δ / measured Δ = row − baseline row. A warning next to a row "
+              f"Δ vs paper = measured − paper. paper Δ / measured Δ = row − baseline row; {CONFIDENCE:.0%} CI of "
+              "Δ: the interval of the measured Δ and its Welch df. A warning next to a row "
               "says where its run differs from the paper's protocol (batch, iterations) or where the profile "
               "replaced one of the row's own settings.", "",
               f"Written on {time.strftime('%Y-%m-%d %H:%M')}; regenerate with "
@@ -329,8 +431,8 @@ def render_markdown(report: TableReport) -> str:
 
 
 CSV_FIELDS = ("table", "profile", "row", "label", "metric", "status", "paper", "measured", "std", "n_seeds",
-              "delta_vs_paper", "baseline", "paper_delta", "measured_delta", "se_delta", "paper_ratio",
-              "measured_ratio", "verdict", "warnings", "run_dir", "detail")
+              "delta_vs_paper", "baseline", "paper_delta", "measured_delta", "se_delta", "ci_low", "ci_high", "df",
+              "paper_ratio", "measured_ratio", "verdict", "seeds_needed", "warnings", "run_dir", "detail")
 
 
 def rounded(value: float | None, digits: int = 4) -> float | None:
@@ -348,8 +450,10 @@ def render_csv(report: TableReport) -> str:
             "std": rounded(c.std), "n_seeds": len(c.values), "delta_vs_paper": rounded(c.vs_paper),
             "baseline": c.baseline or "", "paper_delta": rounded(c.paper_delta),
             "measured_delta": rounded(c.measured_delta), "se_delta": rounded(c.se_delta),
+            "ci_low": rounded(c.ci_low), "ci_high": rounded(c.ci_high), "df": rounded(c.df),
             "paper_ratio": rounded(c.paper_ratio), "measured_ratio": rounded(c.measured_ratio),
-            "verdict": c.verdict, "warnings": "; ".join(c.warnings), "run_dir": "; ".join(c.run_dirs),
+            "verdict": c.verdict, "seeds_needed": seeds_text(c.seeds_needed), "warnings": "; ".join(c.warnings),
+            "run_dir": "; ".join(c.run_dirs),
             "detail": c.detail,
         })
     return out.getvalue()

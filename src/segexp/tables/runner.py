@@ -330,9 +330,9 @@ def plan_stage(spec: TableSpec, rows: Sequence[Row], profile: Profile, seeds: in
     return jobs
 
 
-def plan_evals(rows: Sequence[Row], profile: Profile, seeds: int, base_dir: Path, trained: Trained,
+def plan_evals(spec: TableSpec, rows: Sequence[Row], profile: Profile, seeds: int, base_dir: Path, trained: Trained,
                launcher: str | None = None) -> list[Job]:
-    return [plan_eval_job(row, profile, seed, base_dir, trained[row.eval_of, seed], launcher)
+    return [plan_eval_job(spec, row, profile, seed, base_dir, trained[row.eval_of, seed], launcher)
             for row in rows if row.is_eval and row.runnable for seed in range(seeds) if (row.eval_of, seed) in trained]
 
 
@@ -343,7 +343,7 @@ def plan_all(spec: TableSpec, stages: Sequence[Sequence[Row]], rows: Sequence[Ro
     trained: Trained = {}
     for stage in stages:
         trained.update(plan_stage(spec, stage, profile, seeds, base_dir, extra, launcher, trained, result))
-    return trained, plan_evals(rows, profile, seeds, base_dir, trained, launcher)
+    return trained, plan_evals(spec, rows, profile, seeds, base_dir, trained, launcher)
 
 
 def sources_to_rerun(trained: Trained, evals: Sequence[Job]) -> set[Path]:
@@ -428,10 +428,36 @@ def process_alive(pid: int) -> bool:
     return True
 
 
-def run_table(spec: TableSpec, profile: Profile, seeds: int = 1, rows: Sequence[str] | None = None,
-              launcher: str | None = None, extra: Sequence[str] = (), dry_run: bool = False,
-              base_dir: Path | None = None, quiet: bool = False) -> RunResult:
-    """Run what is missing of ``spec`` under ``profile``; see the module docstring."""
+def check_cards(jobs: Sequence[Job], allow_deviations: bool) -> None:
+    """Refuse a run (or with ``allow_deviations`` warn) whose rows compose a carded setting other than their
+    protocol card says (:mod:`segexp.tables.card`; profiles with ``check_protocol``, i.e. ``full``)."""
+    problems = [f"{job.label}: {problem}" for job in jobs for problem in job.card_problems]
+    if not problems:
+        return
+    if not allow_deviations:
+        raise SpecError("rows that would not measure what the protocol card says (fix the override, state the "
+                        "deviation in the card, or pass --allow-deviations):\n  " + "\n  ".join(problems))
+    for problem in problems:
+        print(f"segexp-table: warning: {problem}", file=sys.stderr)
+
+
+@dataclass
+class TablePlan:
+    """Every job a run of a table would start, as things stand on disk now."""
+
+    how: Launch
+    selected: list[Row]
+    stages: list[list[Row]]
+    trained: Trained
+    evals: list[Job]
+    rerun: set[Path]
+    planning: RunResult
+
+
+def plan_table(spec: TableSpec, profile: Profile, seeds: int = 1, rows: Sequence[str] | None = None,
+               launcher: str | None = None, extra: Sequence[str] = (), base_dir: Path | None = None,
+               quiet: bool = False) -> TablePlan:
+    """Compose and check every row of ``spec`` under ``profile`` without running anything."""
     if not spec.ready:
         raise SpecError(spec.pending_message())
     if seeds < 1:
@@ -448,20 +474,30 @@ def run_table(spec: TableSpec, profile: Profile, seeds: int = 1, rows: Sequence[
     planning = RunResult(table=spec.id, profile=profile.name)
     planning.not_run = {r.name: str(r.notes) for r in selected if not r.runnable}
     trained, evals = plan_all(spec, stages, selected, profile, seeds, how.base_dir, config_extra, launcher, planning)
-    rerun = sources_to_rerun(trained, evals)
+    return TablePlan(how, selected, stages, trained, evals, sources_to_rerun(trained, evals), planning)
+
+
+def run_table(spec: TableSpec, profile: Profile, seeds: int = 1, rows: Sequence[str] | None = None,
+              launcher: str | None = None, extra: Sequence[str] = (), dry_run: bool = False,
+              base_dir: Path | None = None, quiet: bool = False, allow_deviations: bool = False) -> RunResult:
+    """Run what is missing of ``spec`` under ``profile``; see the module docstring."""
+    plan = plan_table(spec, profile, seeds, rows, launcher, extra, base_dir, quiet)
+    how, planning, trained = plan.how, plan.planning, plan.trained
     warn_protocol(list(trained.values()), planning)
+    check_cards([*trained.values(), *plan.evals], allow_deviations or dry_run)
     if dry_run:
         print(f"{spec.id} [{profile.name}] -> {display_path(how.base_dir)}")
-        print_plan(list(trained.values()), TRAIN, rerun, how.hydra_extra)
-        print_plan(evals, EVAL, rerun, how.hydra_extra)
+        print_plan(list(trained.values()), TRAIN, plan.rerun, how.hydra_extra)
+        print_plan(plan.evals, EVAL, plan.rerun, how.hydra_extra)
         print_unrunnable(planning)
         return planning
     result = RunResult(table=spec.id, profile=profile.name, not_run=dict(planning.not_run),
                        warnings=planning.warnings)
+    config_extra, _ = split_hydra(extra)
     with table_lock(how.base_dir):
-        record_not_run(how.base_dir, selected, planning.not_run)
-        trained = run_stages(spec, stages, profile, seeds, config_extra, how, rerun, result, trained)
-        evals = run_evals(spec, profile, selected, seeds, trained, how, result)
+        record_not_run(how.base_dir, plan.selected, planning.not_run)
+        trained = run_stages(spec, plan.stages, profile, seeds, config_extra, how, plan.rerun, result, trained)
+        evals = run_evals(spec, profile, plan.selected, seeds, trained, how, result)
         if profile.checkpoints == "none":
             prune_used_sources([*trained.values(), *evals])
         measure_rows(list(trained.values()), result)
@@ -507,7 +543,7 @@ def run_stages(spec: TableSpec, stages: Sequence[Sequence[Row]], profile: Profil
 def run_evals(spec: TableSpec, profile: Profile, rows: Sequence[Row], seeds: int, trained: Trained,
               how: Launch, result: RunResult) -> list[Job]:
     """Plan the eval-only rows now that checkpoints exist and run those not done."""
-    evals = plan_evals(rows, profile, seeds, how.base_dir, trained, how.launcher)
+    evals = plan_evals(spec, rows, profile, seeds, how.base_dir, trained, how.launcher)
     runnable = []
     for job in evals:
         if is_done(job):

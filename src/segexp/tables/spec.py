@@ -11,6 +11,7 @@ is a config from someone else too: an override naming code outside the allowed p
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import math
 import re
@@ -90,12 +91,41 @@ def is_known_metric(name: str) -> bool:
     return name in METRIC_SCALES or (name.startswith(PER_CLASS_PREFIX) and len(name) > len(PER_CLASS_PREFIX))
 
 
+CHOSEN = "chosen:"
+"""How a card entry's ``source`` starts when the paper does not give the value (the reason follows)."""
+
+
+@dataclass(frozen=True)
+class CardEntry:
+    """One setting of a protocol card: the value the ``full`` profile composes, where it comes from (the paper's
+    section, or ``chosen: <reason>``), and what the paper did when the value is a stated deviation from it."""
+
+    value: Any
+    source: str
+    paper: Any = None
+    """The paper's value where ``value`` deviates from it (a choice, said in ``source``); None otherwise."""
+
+    @property
+    def deviates(self) -> bool:
+        return self.paper is not None
+
+    @property
+    def chosen(self) -> bool:
+        return self.source.startswith(CHOSEN)
+
+
+Card = dict[str, CardEntry]
+"""Config key (``trainer.precision``; ``effective_batch`` for the derived batch) -> its entry."""
+
+
 @dataclass(frozen=True)
 class Protocol:
-    """The paper's training protocol that the ``full`` profile is checked against."""
+    """The paper's protocol that the ``full`` profile is checked against: the effective batch and iterations
+    (shorthand for those two card entries' values) and the protocol card (:mod:`segexp.tables.card`)."""
 
     effective_batch: int | None = None
     max_steps: int | None = None
+    card: Card = field(default_factory=dict)
 
     def merged(self, other: Protocol | None) -> Protocol:
         if other is None:
@@ -103,6 +133,7 @@ class Protocol:
         return Protocol(
             effective_batch=other.effective_batch if other.effective_batch is not None else self.effective_batch,
             max_steps=other.max_steps if other.max_steps is not None else self.max_steps,
+            card={**self.card, **other.card},
         )
 
 
@@ -179,7 +210,14 @@ class TableSpec:
         return None if name == row.name else name
 
     def protocol_of(self, row: Row) -> Protocol:
-        return self.protocol.merged(row.protocol)
+        """The row's protocol: the table's (its card over the paper's card), then the row's own; the
+        ``effective_batch`` / ``max_steps`` shorthands set those two card entries' values."""
+        protocol = self.protocol.merged(row.protocol)
+        card = dict(protocol.card)
+        for key, value in (("effective_batch", protocol.effective_batch), ("trainer.max_steps", protocol.max_steps)):
+            if value is not None and key in card:
+                card[key] = dataclasses.replace(card[key], value=value)
+        return dataclasses.replace(protocol, card=card)
 
     def pending_message(self) -> str:
         """One line: this table is not run, and which components it waits for."""
@@ -390,11 +428,36 @@ def check_overrides(overrides: Sequence[str], path: Path, key: str) -> None:
             fail(path, where, str(err))
 
 
+CARD_ENTRY_KEYS = ("value", "source", "paper")
+
+
+def read_card(node: _Mapping, name: str) -> Card:
+    """The ``name`` mapping of ``node``: config key -> {value, source, paper}; every entry states its source,
+    and an entry with ``paper`` (a deviation from the paper) must be a stated choice."""
+    entries = node.get(name, dict, default={})
+    card: Card = {}
+    for key, data in entries.items():
+        where = node.key(f"{name}.{key}")
+        if not isinstance(key, str) or not CONFIG_KEY.match(key):
+            fail(node.path, where, "expected a config key such as trainer.precision")
+        entry = _Mapping(data, node.path, where, CARD_ENTRY_KEYS)
+        if "value" not in entry.data:
+            fail(node.path, f"{where}.value", "required key is missing (null is a value: write `value: null`)")
+        source = entry.text("source", required=True)
+        paper = entry.data.get("paper")
+        if paper is not None and not source.startswith(CHOSEN):
+            fail(node.path, f"{where}.source", f"a deviation from the paper (paper: {paper!r}) is a choice: start the "
+                                               f"source with '{CHOSEN}' and say why")
+        card[key] = CardEntry(value=entry.data["value"], source=source, paper=paper)
+    return card
+
+
 def _protocol(node: _Mapping, name: str) -> Protocol | None:
     if not node.has(name):
         return None
-    sub = _Mapping(node.data[name], node.path, node.key(name), ("effective_batch", "max_steps"))
-    return Protocol(effective_batch=sub.positive("effective_batch"), max_steps=sub.positive("max_steps"))
+    sub = _Mapping(node.data[name], node.path, node.key(name), ("effective_batch", "max_steps", "card"))
+    return Protocol(effective_batch=sub.positive("effective_batch"), max_steps=sub.positive("max_steps"),
+                    card=read_card(sub, "card"))
 
 
 ROW_KEYS = ("name", "label", "overrides", "paper", "notes", "eval_of", "eval_overrides", "init_from", "measure",
@@ -490,8 +553,24 @@ def lineage(spec: TableSpec, name: str) -> list[str]:
     return chain
 
 
+PAPER_CARD_FILE = "card.yaml"
+PAPER_CARD_KEYS = ("paper", "card")
+
+
+def load_paper_card(paper_dir: Path) -> Card:
+    """``experiments/<paper>/card.yaml``: the protocol card every table of the paper starts from ({} without
+    the file)."""
+    path = paper_dir / PAPER_CARD_FILE
+    if not path.is_file():
+        return {}
+    node = _Mapping(read_yaml(path, PAPER_CARD_KEYS), path, "", PAPER_CARD_KEYS)
+    if node.text("paper", required=True) != paper_dir.name:
+        fail(path, "paper", f"must be '{paper_dir.name}' (the folder it is in)")
+    return read_card(node, "card")
+
+
 def load_spec(path: Path) -> TableSpec:
-    """Read and validate one ``experiments/<paper>/t<N>.yaml``."""
+    """Read and validate one ``experiments/<paper>/t<N>.yaml`` (its card over the paper's ``card.yaml``)."""
     node = _Mapping(read_yaml(path, TABLE_KEYS), path, "", TABLE_KEYS)
     rows = node.get("rows", list, required=True) or fail(path, "rows", "list at least one row")
     spec = TableSpec(
@@ -504,7 +583,7 @@ def load_spec(path: Path) -> TableSpec:
         pending_reason=node.text("pending_reason"),
         notes=node.text("notes"),
         base=node.strings("base"),
-        protocol=_protocol(node, "protocol") or Protocol(),
+        protocol=Protocol(card=load_paper_card(path.parent)).merged(_protocol(node, "protocol")),
         baseline=node.text("baseline"),
         paper_values=node.choice("paper_values", (ABSOLUTE, DELTA), default=ABSOLUTE),
         rows=tuple(_row(row, path, f"rows[{i}]") for i, row in enumerate(rows)),

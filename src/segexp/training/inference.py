@@ -8,6 +8,21 @@ scores where windows overlap (the usual protocol for 1024x2048 Cityscapes images
 ``shift_passes=2`` computes each forward pass as four shifted passes (FCRN Sec. 3.2,
 :mod:`segexp.models.shifted_passes`): the scores of the network at half its output stride, with the same
 weights; it combines with scales, flip and sliding windows.
+
+``pad_to=[H, W]`` is the papers' test geometry (DeepLabv3 Sec. 4.1: "we thus employ crop size to be 513
+during both training and test on PASCAL VOC 2012"): each test image is padded at the bottom and right to
+``H x W`` before anything else, and the scores are cropped back to the image's own size, so the metric never
+sees the padding. It matters for anything that reads the whole map (image-level pooling, border context).
+The order follows the reference TF DeepLab: its eval preprocessing pads the image to ``eval_crop_size`` with
+``pad_to_bounding_box`` at offset (0, 0) (the label with the ignore label), and ``predict_labels_multi_scale``
+then resizes that *padded* image by each eval scale (and flips the padded image: its padding is on the left
+in the flipped view), resizes each scale's scores back to the padded size and averages them. Here likewise:
+pad, then scales / flip / sliding windows / shifted passes on the padded image, average at the padded size,
+then crop the average to the image. Pad value: TF DeepLab pads with the mean pixel of its preprocessing
+(127.5 for the [-1, 1] variants, the ImageNet mean for the mean-subtracting ones), chosen "so that the padded
+regions after pre-processing will contain value 0"; segexp's images arrive normalised by the ImageNet
+mean/std, so 0 in normalised space is that mean pixel and the padding is 0. An image larger than ``pad_to``
+is an error (TF's fixed-shape eval batch fails on it too; VOC images are at most 500x500, so 513 holds).
 """
 
 from __future__ import annotations
@@ -37,6 +52,7 @@ class Inference:
         stride: tuple[int, int] | None = None,
         align_corners: bool = False,
         shift_passes: Literal[1, 2] = 1,
+        pad_to: tuple[int, int] | None = None,
     ) -> None:
         if shift_passes not in (1, 2):
             raise ValueError(f"inference.shift_passes must be 1 (plain) or 2 (four shifted passes: twice the "
@@ -52,13 +68,33 @@ class Inference:
         self.stride = tuple(stride) if stride else None
         self.align_corners = align_corners
         self.shift_passes = shift_passes
+        self.pad_to = _pad_size(pad_to)
 
     @property
     def is_plain(self) -> bool:
+        """Whether the scores are the model's logits (one whole-image pass), not averaged probabilities.
+        ``pad_to`` does not change that: the padded pass's logits, cropped, are still logits."""
         return self.scales == [1.0] and not self.flip and self.mode == "whole" and self.shift_passes == 1
 
     def __call__(self, model: Model, images: Tensor) -> Tensor:
-        """Scores ``(B, C, H, W)`` at the input size: logits when plain, else mean probabilities."""
+        """Scores ``(B, C, H, W)`` at the input size: logits when plain, else mean probabilities. With
+        ``pad_to``, computed on the image padded at the bottom/right and cropped back to ``H x W``."""
+        if self.pad_to is None:
+            return self._scores(model, images)
+        height, width = images.shape[-2:]
+        return self._scores(model, self.pad(images))[..., :height, :width]
+
+    def pad(self, images: Tensor) -> Tensor:
+        """``images`` padded with 0 (the normalised mean pixel) at the bottom and right to ``pad_to``."""
+        assert self.pad_to is not None
+        height, width = images.shape[-2:]
+        if height > self.pad_to[0] or width > self.pad_to[1]:
+            raise ValueError(f"inference.pad_to={list(self.pad_to)} is smaller than a test image of "
+                             f"{height}x{width} (HxW): set inference.pad_to to at least the largest image size "
+                             f"of the split, or null")
+        return F.pad(images, (0, self.pad_to[1] - width, 0, self.pad_to[0] - height), value=0.0)
+
+    def _scores(self, model: Model, images: Tensor) -> Tensor:
         if self.is_plain:
             return model(images)
         size = tuple(images.shape[-2:])
@@ -90,6 +126,19 @@ class Inference:
         if tuple(x.shape[-2:]) == size:
             return x
         return F.interpolate(x, size=size, mode="bilinear", align_corners=self.align_corners)
+
+
+def _pad_size(pad_to: Sequence[int] | None) -> tuple[int, int] | None:
+    if pad_to is None:
+        return None
+    try:
+        values = [pad_to] if isinstance(pad_to, str) else list(pad_to)
+    except TypeError:  # a single number
+        values = [pad_to]
+    if len(values) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values):
+        raise ValueError(f"inference.pad_to must be two positive integers [height, width] (e.g. [513, 513]) or "
+                         f"null, got {values}")
+    return values[0], values[1]
 
 
 def _scaled_size(size: tuple[int, int], scale: float) -> tuple[int, int]:

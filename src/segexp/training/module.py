@@ -18,10 +18,10 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
+from segexp.models.losses.label_grid import labels_on_score_grid
 from segexp.models.segmentor import Segmentor
 from segexp.models.shifted_passes import shifted_pass_outputs
 from segexp.training.inference import Inference
@@ -106,12 +106,20 @@ class SegmentationModule(pl.LightningModule):
 
     def output_loss(self, logits: Tensor, batch: dict[str, Tensor]) -> Tensor:
         """Loss of one output's low-resolution logits against the batch's full-resolution labels: logits
-        upsampled to the labels, or labels downsampled (nearest) to the logits (``model.downsample_labels``)."""
+        upsampled to the labels, or (``model.downsample_labels``) the labels sampled on the logits' grid, nearest
+        with void kept (``labels[..., ::OS, ::OS]`` for a 'same'-padded network; see
+        :func:`segexp.models.losses.label_grid.labels_on_score_grid`)."""
         labels = batch["label"]
         if self.downsample_labels:
-            small = F.interpolate(labels[:, None].float(), size=logits.shape[-2:], mode="nearest")
-            return self.compute_loss(logits, small[:, 0].long(), batch)
+            small = labels_on_score_grid(labels, tuple(logits.shape[-2:]), stride=self.score_stride)
+            return self.compute_loss(logits, small, batch)
         return self.compute_loss(self.model.upsample(logits, tuple(labels.shape[-2:])), labels, batch)
+
+    @property
+    def score_stride(self) -> int:
+        """Input pixels per score pixel of the training outputs: the output stride, halved by shifted passes."""
+        stride = int(self.model.output_stride)
+        return stride // 2 if self.train_shift_passes else stride
 
     def raw_outputs(self, images: Tensor) -> dict[str, Tensor]:
         """The segmentor's low-resolution outputs; with ``model.train_shift_passes`` from four shifted passes

@@ -12,6 +12,15 @@ MXNet code and mmsegmentation's OHEM sampler do), only the hard labelled pixels 
 The loss is the mean cross-entropy over the kept pixels of the whole batch (Eq. 1's normaliser, summed
 over crops); ignored pixels are never kept; pixels not kept get no gradient. Where several pixels tie
 at the ``top_k``-th loss, which of them are kept is arbitrary.
+
+``top_k`` counts pixels of whatever grid the loss is given, and a crop keeps ``min(top_k, its labelled
+pixels)`` of them ("valid labels per image crop may be less than 512", Sec. 4.5). With
+``model.downsample_labels=true`` that grid is the score grid (labels sampled there, void kept:
+:func:`segexp.models.losses.label_grid.labels_on_score_grid`): K=512 of the ~4k labels of a 500x500 crop at
+1/8 (63x63), the paper's setting as its text implies (Sec. 4.4 trains against labels at the score map's
+resolution, "finer labels" at 1/8 than at 1/16; a crop with fewer than 512 valid labels is common at 1/8 and
+rare at full resolution). Without it the logits are upsampled to the labels and K=512 is 512 of ~250k
+full-resolution pixels, a far more selective loss.
 """
 
 from __future__ import annotations

@@ -1,0 +1,104 @@
+"""What ``segexp-table plan`` prints: a table's protocol card, the runs a profile would start (training and
+evaluation, device kind, processes, precision, batch, iterations, evaluation geometry) and each row's composed
+card, with the settings that deviate from the paper or contradict the card. Nothing is run."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from segexp.tables.card import CardLine, card_table, format_value, is_eval_key, setting_of
+from segexp.tables.plan import EVAL, Job, effective_batch, world_size
+from segexp.tables.runner import TablePlan
+from segexp.tables.spec import Profile, TableSpec, display_path
+
+
+def _values(job: Job) -> dict[str, Any]:
+    return {line.key: line.composed for line in job.card}
+
+
+def devices_text(job: Job) -> str:
+    """``gpu x 8 devices x 2 nodes = 16 processes, bf16-mixed`` (the composed trainer)."""
+    trainer = job.cfg.trainer if job.cfg is not None else None
+    if trainer is None:
+        return "trainer unknown"
+    world = world_size(job.cfg)
+    devices, nodes = trainer.get("devices", 1), trainer.get("num_nodes", 1)
+    processes = "processes known on the GPU machine" if world is None else f"{world} process(es)"
+    return (f"{trainer.get('accelerator')} x {devices} device(s) x {nodes} node(s) = {processes}, "
+            f"{trainer.get('precision')}")
+
+
+def eval_text(values: dict[str, Any], trained_stride: Any) -> str:
+    """How the scores are computed: output stride (a change is the hole algorithm), geometry, scales, flip."""
+    stride = values.get("model.eval_output_stride")
+    if stride is None:
+        stride_text = f"OS {trained_stride}"
+    else:
+        stride_text = (f"OS {stride} (the OS-{trained_stride} weights; strides removed by the hole algorithm: the "
+                       "unit that held the stride keeps its rate, later convs are dilated)")
+    pad = values.get("inference.pad_to")
+    geometry = values.get("inference.mode", "whole") + (f", padded to {format_value(pad)}" if pad else "")
+    return (f"eval {stride_text}, {geometry}, scales {format_value(values.get('inference.scales'))}, "
+            f"flip {format_value(values.get('inference.flip'))}")
+
+
+def job_lines(job: Job) -> list[str]:
+    values = _values(job)
+    trained_stride = values.get("backbone.output_stride")
+    head = f"  {job.label:<24} {job.kind:<5}"
+    if job.kind == EVAL:
+        head += f" of {job.row.eval_of}"
+        lines = [f"{head}: {devices_text(job)}", f"      {eval_text(values, trained_stride)}"]
+    else:
+        batch = effective_batch(job.cfg) if job.cfg is not None else None
+        steps = job.cfg.trainer.max_steps if job.cfg is not None else "?"
+        lines = [f"{head}: {devices_text(job)}, effective batch {batch}, {steps} steps, OS {trained_stride}",
+                 f"      validation: {eval_text(values, trained_stride)}"]
+    lines.append(f"      -> {display_path(job.run_dir)}")
+    return lines
+
+
+def row_card_lines(lines: tuple[CardLine, ...]) -> list[str]:
+    """The keys of a row's composed card that are not simply the card's value: set by the row, deviating from
+    the paper, contradicting the card, or not carded."""
+    out = []
+    for line in lines:
+        entry = line.entry
+        if line.set_by_row:
+            status = "set by the row (its ablated setting)"
+        elif entry is None:
+            status = "not carded"
+        elif line.contradicts:
+            status = f"CONTRADICTS the card ({format_value(entry.value)}: {entry.source})"
+        elif entry.deviates:
+            status = f"deviates from the paper's {format_value(entry.paper)}: {entry.source}"
+        else:
+            continue
+        out.append(f"      {setting_of(line.key):<22} {line.key:<28} {format_value(line.composed):<16} {status}")
+    return out
+
+
+def plan_text(spec: TableSpec, profile: Profile, plan: TablePlan) -> list[str]:
+    jobs = [*plan.trained.values(), *plan.evals]
+    card = spec.protocol.card
+    text = [f"{spec.id} [{profile.name}]: {spec.title}", f"profile {profile.name}: {profile.description}", "",
+            f"Protocol card ({display_path(spec.path)} over {spec.paper}/card.yaml; `full` composes these values):"]
+    text += [f"  {line}" for line in card_table(card)] if card else ["  (no card: this table states no protocol)"]
+    deviations = [(k, e) for k, e in card.items() if e.deviates]
+    text += ["", f"Differs from the paper ({len(deviations)} stated choices):"]
+    text += [f"  {setting_of(k)} ({k}): {format_value(e.value)}, paper {format_value(e.paper)}: {e.source}"
+             for k, e in deviations] or ["  nothing"]
+    trains = sum(job.kind != EVAL for job in jobs)
+    text += ["", f"Runs ({trains} training, {len(jobs) - trains} evaluation):"]
+    for job in jobs:
+        text += job_lines(job)
+        own = [line for line in job.card if job.kind != EVAL or is_eval_key(line.key)]  # the rest: its source's
+        text += row_card_lines(tuple(own))
+    for label, error in plan.planning.failed.items():
+        text.append(f"  {label:<24} cannot run: {error}")
+    for row, note in plan.planning.not_run.items():
+        text.append(f"  {row:<24} not run: {note}")
+    problems = [f"  {job.label}: {p}" for job in jobs for p in job.card_problems]
+    verdict = "refuses" if profile.check_protocol else "would not check (check_protocol: false)"
+    text += ["", f"Contradictions of the card ({len(problems)}; `run` {verdict} them):", *(problems or ["  none"])]
+    return text
