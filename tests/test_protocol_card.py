@@ -128,3 +128,24 @@ def test_plan_prints_the_card_the_runs_and_the_hole_algorithm(capsys: pytest.Cap
         assert "eval  of os16: gpu x 1 device(s) x 1 node(s) = 1 process(es), bf16-mixed" in line
     assert out.count("eval OS 8 (the OS-16 weights; strides removed by the hole algorithm") == 3
     assert "Contradictions of the card (0; `run` refuses them):" in out
+
+
+def test_the_report_prints_the_card_and_the_environment_the_runs_ran_with(tmp_path: Path) -> None:
+    from segexp.tables.report import write_report
+    from tests.test_tables import fabricate
+
+    write_spec(tmp_path, CARDED.replace('source: "Sec. 1: fp32"',
+                                        'paper: 32-true, source: "chosen: faster"').replace("value: 32-true",
+                                                                                             "value: bf16-mixed"))
+    spec = load_table("demo.t1", root=tmp_path)
+    env = {"torch": "2.13.0", "numpy": "2.4.6", "cuda": None}
+    for row in ("base", "bigger"):
+        fabricate(tmp_path / "runs", row, 0, {"mIoU": 0.5, "environment": env})
+    md = write_report(spec, load_profile("smoke"), base_dir=tmp_path / "runs", results_dir=tmp_path / "r")["md"]
+    text = md.read_text()
+    assert "- environment: numpy 2.4.6, torch 2.13.0\n" in text
+    assert "## protocol card" in text
+    assert "| precision | `trainer.precision` | bf16-mixed | 32-true | chosen: faster |" in text
+    assert "| crop | `data.crop_size` | [64,64] |  | Sec. 2: crop 64 |" in text
+    assert "| label resolution | `model.downsample_labels` | (not carded) | | |" in text
+    assert "Profile **smoke** is not this protocol: it drops the rows' settings of `dataset`" in text

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from segexp import atomic
+from segexp.tables.card import card_table
 from segexp.tables.spec import (
     DELTA,
     MEASURABLE,
@@ -224,6 +225,13 @@ class TableReport:
         return (f"{len(runs)} finished run(s); seeds per row: {', '.join(map(str, seeds)) or '-'}; "
                 f"device: {', '.join(devices) or '-'}; git: {', '.join(commits) or '-'}")
 
+    def environments(self) -> list[str]:
+        """The package versions the runs ran with (metrics.json ``environment``), one line per distinct set."""
+        runs = [m for r in self.results.values() for m in r.seeds.values()]
+        found = {tuple(sorted((k, str(v)) for k, v in (m.get("environment") or {}).items() if v is not None))
+                 for m in runs}
+        return sorted(", ".join(f"{k} {v}" for k, v in facts) for facts in found if facts)
+
 
 def raw_values(metric: str, results: RowResults) -> list[float]:
     values = [metric_value(m, metric) for _, m in sorted(results.seeds.items())]
@@ -409,8 +417,10 @@ def render_markdown(report: TableReport) -> str:
              "- values in the paper's units (mIoU, accuracies and per-class IoU in %)"
              + ("; the paper reports deltas to the baseline row, so measured values are deltas too"
                 if spec.paper_values == DELTA else "")]
+    lines += [f"- environment: {env}" for env in report.environments()] or ["- environment: not recorded"]
     if spec.notes:
         lines.append(f"- note: {spec.notes.strip()}")
+    lines += ["", "## protocol card", "", *protocol_card_text(spec, profile)]
     per_class = per_class_metrics(spec)
     if per_class:
         lines += ["", "## per-class IoU", "", *per_class_table(report, per_class)]
@@ -428,6 +438,22 @@ def render_markdown(report: TableReport) -> str:
               f"Written on {time.strftime('%Y-%m-%d %H:%M')}; regenerate with "
               f"`segexp-table report {spec.id} --profile {profile.name}`."]
     return "\n".join(lines) + "\n"
+
+
+def protocol_card_text(spec: TableSpec, profile: Profile) -> list[str]:
+    """The table's protocol card (:mod:`segexp.tables.card`): what the ``full`` profile composes, with the source
+    of each value, and under another profile what that profile replaces."""
+    if not spec.protocol.card:
+        return ["This table states no protocol card."]
+    lines = ["The paper's protocol as the `full` profile composes it: each value is the paper's (section) or a "
+             "stated choice (`chosen:`); *paper* gives the paper's value where the choice deviates from it. "
+             f"Per row: `segexp-table plan {spec.id}`.", "", *card_table(spec.protocol.card)]
+    if profile.overrides or profile.drop:
+        replaced = ", ".join(f"`{o}`" for o in profile.overrides) or "nothing"
+        dropped = ", ".join(f"`{d}`" for d in profile.drop) or "nothing"
+        lines += ["", f"Profile **{profile.name}** is not this protocol: it drops the rows' settings of {dropped} and "
+                      f"sets {replaced}."]
+    return lines
 
 
 CSV_FIELDS = ("table", "profile", "row", "label", "metric", "status", "paper", "measured", "std", "n_seeds",
