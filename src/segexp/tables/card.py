@@ -59,9 +59,10 @@ def is_eval_key(key: str) -> bool:
 
 
 def _covers(override: str, key: str) -> bool:
-    """Does an override (``inference=slide``, ``inference.scales=[1]``) set ``key``?"""
-    name = override_key(override)
-    return key == name or key.startswith(name + ".")
+    """Does an override set ``key`` itself (``inference.scales=[1]`` sets ``inference.scales``)? A config group
+    choice (``backbone=resnet101``, ``inference=slide``) does not: the keys of the chosen option are still
+    checked against the card, so a row that swaps a group cannot carry an uncarded setting in with it."""
+    return override_key(override) == key
 
 
 def _plain(value: Any) -> Any:
