@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from segexp.models.backbones.resnet import ResNet, _set_conv_geometry
+from segexp.models.backbones.resnet import ResNet
 from segexp.models.heads.fcn import FCNHead
 from segexp.models.losses.cross_entropy import CrossEntropy
 from segexp.models.segmentor import Segmentor
@@ -41,13 +41,13 @@ def os8_model(depth: int) -> Segmentor:
 
 
 def dense_os4(model: Segmentor) -> Segmentor:
-    """The same weights at OS 4 with the removed stride's own conv undilated: every dilation after it doubled
-    (layer2's later convs 2, layer3 4, layer4 8, the 3x3 classifier 4)."""
+    """The same weights at OS 4. By the hole algorithm the removed stride's own conv keeps its rate 1 and every
+    dilation after it doubles (layer2's later convs 2, layer3 4 after its entry conv at 2, layer4 8 after 4,
+    the 3x3 classifier 4)."""
     dense = copy.deepcopy(model)
     strided = [m for m in dense.backbone.layer2[0].modules() if isinstance(m, nn.Conv2d) and m.stride == (2, 2)]
     dense.set_output_stride(4)
-    for conv in strided:
-        _set_conv_geometry(conv, 1, 1)
+    assert strided and all(conv.stride == (1, 1) and conv.dilation == (1, 1) for conv in strided)
     assert dense.head.classifier.dilation == (4, 4)
     return dense
 

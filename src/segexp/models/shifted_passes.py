@@ -9,9 +9,10 @@ resolution score maps." (Wu et al. 2016, Fig. 1.)
 evaluated at one of the offsets (0, 0), (0, 1), (1, 0), (1, 1) (``backbone.dense_last_stride``), and
 interleaves each named output of the four passes into one map of twice the resolution: output[..., 2i + dy,
 2j + dx] = pass(dy, dx)[..., i, j]. For a single-scale model with batch statistics fixed (BN in eval mode or
-frozen, as FCRN trains), this equals the dense output of the same weights at OS/2 (every dilation after the
-removed stride doubled, the classifier's too); for several input scales, each stream is shifted alike but
-fusing logits resized to one grid is not exactly the dense model's fusion.
+frozen, as FCRN trains), this equals the dense output of the same weights at OS/2, i.e. after
+``model.set_output_stride(OS/2)`` (the backbone follows the hole algorithm: the removed stride's conv keeps its
+rate, every dilation after it is doubled, the classifier's too); for several input scales, each stream is
+shifted alike but fusing logits resized to one grid is not exactly the dense model's fusion.
 
 Used at test time by ``inference.shift_passes=2`` and in training by ``model.train_shift_passes=true`` (one
 loss on the interleaved outputs, so the four passes' gradients add up in one optimizer step; the four graphs

@@ -5,27 +5,49 @@ parameter names, "ResNet v1.5": a Bottleneck strides on its 3x3 conv; no avgpool
 feature map of every stage. Following Chen et al., "Rethinking Atrous Convolution for Semantic Image
 Segmentation" (DeepLabv3):
 
-* Sec. 3.1 -- output stride: the stem (7x7/2 conv + 3x3/2 max pool) gives stride 4; layer2, layer3, layer4
-  (and every extra block) halve the resolution nominally. Once the running stride reaches the requested
-  ``output_stride``, later stages keep stride 1 and multiply the running atrous rate by the stride they
-  dropped. All units of a dilated stage use the stage rate (the DeepLab convention, e.g. OS 8 gives layer3
-  rate 2 and layer4 rate 4, Sec. 4); the 1x1 shortcut conv of a stage's first unit takes the stage stride.
-  3x3 convs are padded by their dilation, so a stage keeps the spatial size, and the final feature map of an
-  HxW input is ceil(H / OS) x ceil(W / OS).
+* Sec. 3.1 -- output stride, by the hole algorithm: the stem (7x7/2 conv + 3x3/2 max pool) gives stride 4;
+  layer2, layer3, layer4 (and every extra block) halve the resolution nominally. Once the running stride
+  reaches the requested ``output_stride``, a later stage keeps stride 1 ("skip the down-sampling") and the
+  running atrous rate is multiplied by the stride it dropped, for the convolutions that *follow* that
+  stride only (FCRN Sec. 3.1 "increase the dilations of subsequent kernels"; TF-slim
+  ``resnet_utils.stack_blocks_dense``; torchvision ``_make_layer``'s ``previous_dilation``; mmseg's
+  ``contract_dilation``). So a de-strided stage has two rates: its *entry rate* (the rate in force before it,
+  that of the grid it reads) for the conv that held the stride -- the first unit's 3x3 conv (Bottleneck
+  ``conv2``, BasicBlock ``conv1``) -- and its *stage rate* (twice the entry rate) for every later conv of the
+  stage (BasicBlock's ``conv2`` of the first unit included). E.g. OS 16: layer4 = (1, 2, 2); OS 8: layer3 =
+  (1, 2, 2, ...) and layer4 = (2, 4, 4). A stage that keeps its stride has entry rate = stage rate. The
+  first unit's 1x1 shortcut conv takes the stage stride. 3x3 convs are padded by their dilation, so a stage
+  keeps the spatial size, and the final feature map of an HxW input is ceil(H / OS) x ceil(W / OS).
+
+  Consequence (tested in ``tests/test_hole_algorithm.py``): the same weights at OS s/2 compute the OS-s
+  network densely, ``features(OS s/2)[..., ::2, ::2] == features(OS s)`` exactly (up to float rounding) at
+  every stage past the removed stride, for any input size; at OS 16 or 8 the trunk computes the ImageNet
+  network's features (at OS 32) on a denser grid.
 * Sec. 3.2 -- going deeper: ``extra_blocks`` (0..3) appends ``layer5..layer7`` = block5..block7, replicas
   of layer4 (same units and widths, randomly initialised), each nominally striding by 2, so the nominal
   output stride with k extra blocks is 32 * 2**k (256 with block7, Table 1).
 * Sec. 3.2.1 -- multi-grid: ``multi_grid = (r1, r2, ...)`` are unit rates for the units of layer4 and of
-  every extra block; unit i's 3x3 conv(s) get dilation ``stage_rate * multi_grid[i]`` (OS 16 and
-  MG (1, 2, 4) give layer4 dilations (2, 4, 8)).
+  every extra block: unit i's 3x3 convs get dilation ``rate * multi_grid[i]``, where ``rate`` is the rate of
+  the grid the conv reads, i.e. the stage rate, except for the first unit's formerly strided conv, which
+  reads at the entry rate and gets ``entry_rate * multi_grid[0]``. Multi-grid is thus a per-unit factor on
+  top of the hole algorithm, and OS s/2 remains the dense version of OS s for *any* multi-grid (also with
+  ``multi_grid[0] != 1``, e.g. (2, 2, 2)): every conv's dilation is one fixed factor times the density of
+  its input grid. With ``multi_grid[0] == 1`` (the papers' (1, 2, 4), (1, 2, 1), (1, 1, 1), ...) the
+  formerly strided conv is at exactly the entry rate. OS 16 and MG (1, 2, 4) give layer4 dilations
+  (1, 4, 8); OS 8 gives (2, 8, 16). This is the torchvision layout (the stride sits in the first unit of
+  layer4); DeepLabv3's TF layout strides in the last unit of block3, so all three of its block4 units
+  follow the stride and the paper's "2 * (1, 2, 4) = (2, 4, 8)" applies to them. mmseg's ``multi_grid``
+  differs again: absolute dilations for layer4's units (``first_dilation = multi_grid[0]``), ignoring the
+  stage dilation.
 * Sec. 4.1 -- training at OS 16 and evaluating/fine-tuning at OS 8 with the same weights:
-  ``ResNet.set_output_stride`` rewrites strides, dilations and paddings of the existing convs in place.
+  ``ResNet.set_output_stride`` rewrites strides, dilations and paddings of the existing convs in place; by
+  the hole algorithm the OS-8 trunk is then the OS-16 trunk evaluated densely (same function, 4x the
+  positions).
   ``frozen_bn=True`` replaces every BN by ``FrozenBatchNorm2d`` (FCRN; DeepLabv3's second stage).
 
-Note on receptive fields: because the first unit of a dilated stage is dilated as well (instead of using
-the previous rate as the TensorFlow reference and torchvision do), a dilated model's receptive field is
-slightly larger than the undilated one's; e.g. ResNet-18 covers 435 px at OS 32 and 483 px at OS 8 (see
-``tests/test_resnet.py``).
+Note on receptive fields: the hole algorithm keeps the field of view of the strided network, e.g. ResNet-18
+covers 435 px at OS 32, 16 and 8 alike (``tests/test_resnet.py``); multi-grid enlarges it (MG (1, 2): 563 px
+at any output stride).
 """
 
 from __future__ import annotations
@@ -34,6 +56,7 @@ import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from functools import partial
+from typing import NamedTuple
 
 from torch import Tensor, nn
 
@@ -88,9 +111,10 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(planes)
         self.downsample = downsample
 
-    def set_geometry(self, stride: int, dilation: int) -> None:
-        """Stride on conv1 (and the shortcut); both 3x3 convs get ``dilation``."""
-        _set_conv_geometry(self.conv1, stride, dilation)
+    def set_geometry(self, stride: int, dilation: int, entry_dilation: int | None = None) -> None:
+        """Stride on conv1 (and the shortcut); conv1, the conv that holds (or held) the stride, gets
+        ``entry_dilation`` (default ``dilation``), conv2, which follows it, gets ``dilation``."""
+        _set_conv_geometry(self.conv1, stride, dilation if entry_dilation is None else entry_dilation)
         _set_conv_geometry(self.conv2, 1, dilation)
         if self.downsample is not None:
             _set_conv_geometry(self.downsample[0], stride, 1)
@@ -125,9 +149,10 @@ class Bottleneck(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
 
-    def set_geometry(self, stride: int, dilation: int) -> None:
-        """Stride and ``dilation`` on the 3x3 conv; the shortcut conv gets the stride."""
-        _set_conv_geometry(self.conv2, stride, dilation)
+    def set_geometry(self, stride: int, dilation: int, entry_dilation: int | None = None) -> None:
+        """Stride on the 3x3 conv, which holds (or held) the stride and so gets ``entry_dilation`` (default
+        ``dilation``; the unit has no later 3x3 conv); the shortcut conv gets the stride."""
+        _set_conv_geometry(self.conv2, stride, dilation if entry_dilation is None else entry_dilation)
         if self.downsample is not None:
             _set_conv_geometry(self.downsample[0], stride, 1)
 
@@ -170,18 +195,30 @@ def _make_stage(block: Block, inplanes: int, planes: int, units: int, stride: in
     return nn.Sequential(*layers)
 
 
-def _stage_plan(output_stride: int, num_stages: int) -> list[tuple[int, int]]:
-    """(stride, rate) per stage, Sec. 3.1: stride while below ``output_stride``, then dilate instead."""
+class StagePlan(NamedTuple):
+    """Geometry of one stage: ``stride`` of its first unit; ``entry_rate``, the atrous rate in force before the
+    stage (of the grid it reads), for the first unit's 3x3 conv that holds or held the stride; ``rate``, the
+    stage rate, for every later conv of the stage (``rate == 2 * entry_rate`` where the stride was removed,
+    ``rate == entry_rate`` otherwise)."""
+
+    stride: int
+    entry_rate: int
+    rate: int
+
+
+def _stage_plan(output_stride: int, num_stages: int) -> list[StagePlan]:
+    """Per stage, the hole algorithm (Sec. 3.1): stride while below ``output_stride``, then drop the stride and
+    multiply the rate of the convolutions that follow it."""
     plan = []
     running_stride, rate = STEM_STRIDE, 1
     for index in range(num_stages):
         nominal = 1 if index == 0 else 2
         if running_stride >= output_stride:
+            plan.append(StagePlan(1, rate, rate * nominal))
             rate *= nominal
-            plan.append((1, rate))
         else:
             running_stride *= nominal
-            plan.append((nominal, rate))
+            plan.append(StagePlan(nominal, rate, rate))
     return plan
 
 
@@ -290,7 +327,9 @@ class ResNet(nn.Module):
         return 32 * 2**self.extra_blocks
 
     def set_output_stride(self, output_stride: int) -> None:
-        """Re-configure strides, dilations and paddings in place (weights untouched), Sec. 3.1 / 3.2.1."""
+        """Re-configure strides, dilations and paddings in place (weights untouched), Sec. 3.1 / 3.2.1: in each
+        stage the first unit's strided (or formerly strided) 3x3 conv gets ``entry_rate * mg[0]``, every later
+        3x3 conv of unit i ``rate * mg[i]`` (mg: ``multi_grid`` in layer4 and the extra blocks, else all 1)."""
         nominal = self.nominal_output_stride
         valid = output_stride >= STEM_STRIDE and output_stride <= nominal
         if not valid or output_stride & (output_stride - 1):
@@ -299,12 +338,16 @@ class ResNet(nn.Module):
                 f"(for {self.extra_blocks} extra blocks), got {output_stride}"
             )
         plan = _stage_plan(output_stride, len(self.stage_names))
-        for index, (name, (stride, rate)) in enumerate(zip(self.stage_names, plan)):
+        for index, (name, step) in enumerate(zip(self.stage_names, plan)):
             stage: nn.Sequential = getattr(self, name)
             unit_rates = self.multi_grid if index >= 3 else (1,) * len(stage)
             for unit_index, unit in enumerate(stage):
                 inner = getattr(unit, "unit", unit)  # a wrapped unit (see wrap_unit)
-                inner.set_geometry(stride if unit_index == 0 else 1, rate * unit_rates[unit_index])
+                grid = unit_rates[unit_index]
+                if unit_index == 0:
+                    inner.set_geometry(step.stride, step.rate * grid, entry_dilation=step.entry_rate * grid)
+                else:
+                    inner.set_geometry(1, step.rate * grid)
         self.output_stride = output_stride
 
     @contextmanager
@@ -316,9 +359,10 @@ class ResNet(nn.Module):
         The paper shifts the feature map in front of that layer by one pixel and strides; striding a shifted
         map keeps the same values as evaluating the layer densely and subsampling from the offset, and the
         latter also gets the border right (zero padding where the dense layer has it). The four offsets'
-        outputs interleave into the output of the network at half the output stride with the same weights
-        (every later dilation doubled, the strided conv's own unchanged). Raises ValueError when no stage
-        after the stem strides (output stride 4)."""
+        outputs interleave into the output of the same weights at half the output stride, i.e. after
+        ``set_output_stride(output_stride // 2)`` (the hole algorithm: the strided conv's own dilation
+        unchanged, every later one doubled). Raises ValueError when no stage after the stem strides (output
+        stride 4)."""
         unit = getattr(self, self.last_strided_stage())[0]
         strided = [m for m in unit.modules() if isinstance(m, nn.Conv2d) and m.stride == (2, 2)]
         dy, dx = offset
@@ -335,7 +379,7 @@ class ResNet(nn.Module):
     def last_strided_stage(self) -> str:
         """The last stage whose first unit strides at the current output stride."""
         plan = _stage_plan(self.output_stride, len(self.stage_names))
-        strided = [name for name, (stride, _) in zip(self.stage_names, plan) if stride == 2]
+        strided = [name for name, step in zip(self.stage_names, plan) if step.stride == 2]
         if not strided:
             raise ValueError(f"ResNet at output stride {self.output_stride} has no strided stage after the stem: "
                              "shifted passes cannot simulate half of it")
@@ -344,8 +388,8 @@ class ResNet(nn.Module):
     def feature_strides(self) -> dict[str, int]:
         """Stride (input pixels per feature pixel) of each feature name at the current output stride."""
         strides, stride = {}, STEM_STRIDE
-        for name, (stage_stride, _) in zip(self.stage_names, _stage_plan(self.output_stride, len(self.stage_names))):
-            stride *= stage_stride
+        for name, step in zip(self.stage_names, _stage_plan(self.output_stride, len(self.stage_names))):
+            stride *= step.stride
             strides[name] = stride
         return {**strides, "out": strides[self.stage_names[-1]]}
 
