@@ -50,6 +50,9 @@ def test_train_writes_metrics_json_and_loadable_checkpoints(make_cfg) -> None:
         assert key in saved
     assert saved["mIoU"] == pytest.approx(metrics["mIoU"])
     assert saved["effective_batch"] == 4
+    assert saved["environment"]["torch"] == torch.__version__  # what the run ran on (segexp.environment)
+    assert saved["environment"]["pytorch_lightning"] == pl.__version__
+    assert saved["git_commit"] == saved["environment"]["segexp_commit"]
     last = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)  # plain values only
     assert last["global_step"] == 6
     assert last["segexp"]["config"]["backbone"]["depth"] == 18
@@ -64,7 +67,9 @@ def test_eval_of_checkpoint_reproduces_final_metrics(make_cfg) -> None:
                         config_name="eval")
     evaluated = run_evaluation(eval_cfg)
     assert evaluated["mIoU"] == pytest.approx(trained["mIoU"], abs=1e-9)
-    assert json.loads((Path(eval_cfg.output_dir) / "metrics.json").read_text())["steps"] == 6
+    saved = json.loads((Path(eval_cfg.output_dir) / "metrics.json").read_text())
+    assert saved["steps"] == 6
+    assert saved["environment"]["torch"] == torch.__version__
 
 
 def interrupted_and_resumed(make_cfg, *steps: str) -> tuple[CaptureFinalState, CaptureFinalState]:

@@ -228,7 +228,8 @@ class TableReport:
     def environments(self) -> list[str]:
         """The package versions the runs ran with (metrics.json ``environment``), one line per distinct set."""
         runs = [m for r in self.results.values() for m in r.seeds.values()]
-        found = {tuple(sorted((k, str(v)) for k, v in (m.get("environment") or {}).items() if v is not None))
+        found = {tuple(sorted((k, str(v)) for k, v in (m.get("environment") or {}).items()
+                              if v is not None and k != "segexp_commit"))  # the commit: in the runs line
                  for m in runs}
         return sorted(", ".join(f"{k} {v}" for k, v in facts) for facts in found if facts)
 

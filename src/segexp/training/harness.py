@@ -9,7 +9,6 @@ so ``logger=[wandb,csv]`` selects two loggers, ``~callbacks.examples`` removes o
 from __future__ import annotations
 
 import os
-import subprocess
 import traceback
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -27,8 +26,10 @@ from pytorch_lightning.callbacks import Checkpoint, LearningRateMonitor
 from pytorch_lightning.loggers import Logger, WandbLogger
 
 from segexp import atomic
-from segexp.config import REPO_ROOT, SOURCE_CHECKOUT, ConfigError
+from segexp.config import ConfigError
+from segexp.environment import environment_facts
 from segexp.tables.store import ERROR_FILE
+from segexp.training.eval_settings import GPU_ACCELERATORS
 
 
 def hydra_job_names(output_dir: Path) -> tuple[str | None, str]:
@@ -117,7 +118,7 @@ def effective_sync_batchnorm(cfg: DictConfig) -> bool:
     if not wanted:
         return False
     accelerator = str(t.get("accelerator", "auto"))
-    on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    on_gpu = accelerator in GPU_ACCELERATORS or (accelerator == "auto" and torch.cuda.is_available())
     devices = t.get("devices", 1)
     n_devices = torch.cuda.device_count() if devices in (-1, "auto") else _count_devices(devices)
     if on_gpu and torch.cuda.is_available() and n_devices * int(t.get("num_nodes", 1)) > 1:
@@ -178,29 +179,18 @@ def log_interval(cfg: DictConfig) -> int:
     return max(1, min(interval, int(max_steps))) if max_steps and int(max_steps) > 0 else interval
 
 
-def git_commit() -> str | None:
-    """The source checkout's commit; None for an installed copy (whatever repository the current directory
-    or the environment sits in is not the code that ran)."""
-    if not SOURCE_CHECKOUT:
-        return None
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=5
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
-
-
 def protocol_facts(trainer: pl.Trainer, batch_size: int) -> dict[str, Any]:
-    """What the result depends on beyond the config: devices, effective batch, precision, commit."""
+    """What the result depends on beyond the config: devices, effective batch, precision, commit, and the
+    versions of the packages that ran (``environment``: :func:`segexp.environment.environment_facts`)."""
+    environment = environment_facts()
     return {
         "world_size": trainer.world_size,
         "per_device_batch": batch_size,
         "effective_batch": batch_size * trainer.world_size * trainer.accumulate_grad_batches,
         "precision": str(trainer.precision),
         "device": _device_name(trainer),
-        "git_commit": git_commit(),
+        "git_commit": environment["segexp_commit"],
+        "environment": environment,
     }
 
 
