@@ -25,7 +25,8 @@ def full_jobs(table: str):
     for row in spec.rows:
         if row.runnable and not row.is_eval:
             source = trained.get(row.init_from) if row.init_from else None
-            trained[row.name] = plan_train_job(spec, row, full, 0, Path("/x"), source=source)
+            trained[row.name] = plan_train_job(spec, row, full, 0, Path("/x"), source=source,
+                                               launcher="submitit_slurm")  # several-node rows (Table 11)
     evals = [plan_eval_job(spec, row, full, 0, Path("/x"), trained[row.eval_of])
              for row in spec.rows if row.runnable and row.is_eval]
     return spec, [*trained.values(), *evals]

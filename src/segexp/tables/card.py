@@ -147,12 +147,15 @@ def card_lines(spec: TableSpec, row: Row, train_cfg: DictConfig, batch: int | No
     through a row override that survived into the ``applied`` overrides (a profile's or the command line's
     replacement of it is checked against the card)."""
     card = spec.protocol_of(row).card
+    trained_card = spec.protocol_of(spec.row(row.eval_of)).card if row.is_eval else card
     overrides = [o for o in ablated_keys(spec, row) if o in applied]
     lines = []
-    for key in [*CARD_KEYS, *(k for k in card if k not in CARD_KEYS)]:
+    for key in [*CARD_KEYS, *(k for k in {**trained_card, **card} if k not in CARD_KEYS)]:
+        evaluated = row.is_eval and is_eval_key(key)
         cfg = eval_cfg if eval_cfg is not None and is_eval_key(key) else train_cfg
-        own = [o for o in row.eval_overrides if o in applied] if (row.is_eval and is_eval_key(key)) else overrides
-        entry = card.get(key)
+        own = [o for o in row.eval_overrides if o in applied] if evaluated else overrides
+        # an eval-only row's training settings are those of the row it evaluates, carded by that row's protocol
+        entry = card.get(key) if evaluated or not row.is_eval else trained_card.get(key)
         lines.append(CardLine(key=key, composed=_matches(composed_value(cfg, key, batch), entry), entry=entry,
                               set_by_row=any(_covers(o, key) for o in own)))
     return lines
