@@ -21,7 +21,8 @@ def test_environment_facts_name_the_packages_a_result_depends_on() -> None:
 
     facts = environment_facts()
     assert set(facts) == {"python", "torch", "cuda", "cudnn", "pytorch_lightning", "torchmetrics", "albumentations",
-                          "numpy", "opencv", "segexp", "segexp_commit"}
+                          "numpy", "opencv", "segexp", "segexp_commit", "torch_threads"}
+    assert facts["torch_threads"] == str(torch.get_num_threads())
     assert facts["torch"] == torch.__version__
     assert facts["cuda"] == torch.version.cuda
     assert facts["numpy"] == numpy.__version__

@@ -71,8 +71,8 @@ def _torch_versions() -> tuple[str | None, str | None, str | None]:
 
 def environment_facts() -> dict[str, str | None]:
     """Versions of python, torch, CUDA and cuDNN (None without them), Lightning, torchmetrics, albumentations,
-    numpy and OpenCV, and segexp's version and git commit (None for an installed copy); a package that is not
-    installed is None."""
+    numpy and OpenCV, segexp's version and git commit (None for an installed copy), and torch's CPU thread
+    count; a package that is not installed is None."""
     torch_version, cuda, cudnn = _torch_versions()
     return {
         "python": platform.python_version(),
@@ -86,4 +86,15 @@ def environment_facts() -> dict[str, str | None]:
         "opencv": _version("cv2", *_OPENCV_DISTRIBUTIONS),
         "segexp": _version("segexp", "segexp"),
         "segexp_commit": git_commit(),
+        "torch_threads": _torch_threads(),
     }
+
+
+def _torch_threads() -> str | None:
+    """The threads torch splits a CPU operation over: CPU results change with it (sums in another order), so
+    a CPU figure is only reproduced with the same count (``make train`` pins 2)."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    return str(torch.get_num_threads())

@@ -114,6 +114,20 @@ class CardLine:
         """The row composes another value than its card, without the row ablating that key."""
         return self.entry is not None and not self.set_by_row and not same_value(self.composed, self.entry.value)
 
+    def status(self) -> str | None:
+        """What the line is when it is not simply the card's value (None then): set by the row, not carded, a
+        contradiction of the card, or a stated deviation from the paper."""
+        entry = self.entry
+        if self.set_by_row:
+            return "set by the row (its ablated setting)"
+        if entry is None:
+            return "not carded"
+        if self.contradicts:
+            return f"CONTRADICTS the card ({format_value(entry.value)}: {entry.source})"
+        if entry.deviates:
+            return f"deviates from the paper's {format_value(entry.paper)}: {entry.source}"
+        return None
+
     def problem(self) -> str:
         assert self.entry is not None
         return (f"{self.key}={format_value(self.composed)} contradicts the protocol card "
@@ -191,23 +205,3 @@ def card_table(card: Card) -> list[str]:
         paper = format_value(entry.paper) if entry.deviates else ""
         lines.append(f"| {setting_of(key)} | `{key}` | {format_value(entry.value)} | {paper} | {entry.source} |")
     return lines
-
-
-def row_card_text(lines: Sequence[CardLine]) -> list[str]:
-    """A row's composed card, one line per key: value, and what it is (the card's, the row's ablation, a stated
-    deviation from the paper, or a contradiction of the card)."""
-    text = []
-    for line in lines:
-        entry = line.entry
-        if line.set_by_row:
-            status = "set by the row"
-        elif entry is None:
-            status = "not carded"
-        elif line.contradicts:
-            status = f"CONTRADICTS the card: {format_value(entry.value)} ({entry.source})"
-        elif entry.deviates:
-            status = f"deviates from the paper ({format_value(entry.paper)}): {entry.source}"
-        else:
-            status = entry.source
-        text.append(f"    {line.setting:<22} {line.key:<28} {format_value(line.composed):<24} {status}")
-    return text

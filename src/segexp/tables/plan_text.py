@@ -9,7 +9,7 @@ from typing import Any
 from segexp.tables.card import CardLine, card_table, format_value, is_eval_key, setting_of
 from segexp.tables.plan import EVAL, Job, effective_batch, world_size
 from segexp.tables.runner import TablePlan
-from segexp.tables.spec import Profile, TableSpec, display_path
+from segexp.tables.spec import Card, Profile, TableSpec, display_path
 
 
 def _values(job: Job) -> dict[str, Any]:
@@ -28,7 +28,7 @@ def devices_text(job: Job) -> str:
             f"{trainer.get('precision')}")
 
 
-def eval_text(values: dict[str, Any], trained_stride: Any) -> str:
+def eval_text(values: dict[str, Any], trained_stride: Any, shift_passes: Any = None) -> str:
     """How the scores are computed: output stride (a change is the hole algorithm), geometry, scales, flip."""
     stride = values.get("model.eval_output_stride")
     if stride is None:
@@ -38,6 +38,8 @@ def eval_text(values: dict[str, Any], trained_stride: Any) -> str:
                        "unit that held the stride keeps its rate, later convs are dilated)")
     pad = values.get("inference.pad_to")
     geometry = values.get("inference.mode", "whole") + (f", padded to {format_value(pad)}" if pad else "")
+    if shift_passes not in (None, 1):
+        geometry += f", {shift_passes}x2 shifted passes (scores at half the output stride, FCRN Sec. 3.2)"
     return (f"eval {stride_text}, {geometry}, scales {format_value(values.get('inference.scales'))}, "
             f"flip {format_value(values.get('inference.flip'))}")
 
@@ -48,7 +50,8 @@ def job_lines(job: Job) -> list[str]:
     head = f"  {job.label:<24} {job.kind:<5}"
     if job.kind == EVAL:
         head += f" of {job.row.eval_of}"
-        lines = [f"{head}: {devices_text(job)}", f"      {eval_text(values, trained_stride)}"]
+        shift = job.cfg.inference.get("shift_passes") if job.cfg is not None and job.cfg.get("inference") else None
+        lines = [f"{head}: {devices_text(job)}", f"      {eval_text(values, trained_stride, shift)}"]
     else:
         batch = effective_batch(job.cfg) if job.cfg is not None else None
         steps = job.cfg.trainer.max_steps if job.cfg is not None else "?"
@@ -58,24 +61,12 @@ def job_lines(job: Job) -> list[str]:
     return lines
 
 
-def row_card_lines(lines: tuple[CardLine, ...]) -> list[str]:
-    """The keys of a row's composed card that are not simply the card's value: set by the row, deviating from
-    the paper, contradicting the card, or not carded."""
-    out = []
-    for line in lines:
-        entry = line.entry
-        if line.set_by_row:
-            status = "set by the row (its ablated setting)"
-        elif entry is None:
-            status = "not carded"
-        elif line.contradicts:
-            status = f"CONTRADICTS the card ({format_value(entry.value)}: {entry.source})"
-        elif entry.deviates:
-            status = f"deviates from the paper's {format_value(entry.paper)}: {entry.source}"
-        else:
-            continue
-        out.append(f"      {setting_of(line.key):<22} {line.key:<28} {format_value(line.composed):<16} {status}")
-    return out
+def row_card_lines(lines: tuple[CardLine, ...], table_card: Card) -> list[str]:
+    """The keys of a row's composed card that are not simply the card's value (:meth:`CardLine.status`); a
+    deviation the table's card states already (listed above the runs) is not repeated per row."""
+    return [f"      {line.setting:<22} {line.key:<28} {format_value(line.composed):<16} {line.status()}"
+            for line in lines if line.status() is not None
+            and not (line.entry is not None and line.entry.deviates and table_card.get(line.key) == line.entry)]
 
 
 def plan_text(spec: TableSpec, profile: Profile, plan: TablePlan) -> list[str]:
@@ -93,7 +84,7 @@ def plan_text(spec: TableSpec, profile: Profile, plan: TablePlan) -> list[str]:
     for job in jobs:
         text += job_lines(job)
         own = [line for line in job.card if job.kind != EVAL or is_eval_key(line.key)]  # the rest: its source's
-        text += row_card_lines(tuple(own))
+        text += row_card_lines(tuple(own), card)
     for label, error in plan.planning.failed.items():
         text.append(f"  {label:<24} cannot run: {error}")
     for row, note in plan.planning.not_run.items():
