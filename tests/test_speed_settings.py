@@ -44,10 +44,17 @@ def test_cpu_training_keeps_the_contiguous_layout_by_default(make_cfg) -> None:
 
 
 def test_channels_last_changes_the_layout_not_the_step(make_cfg) -> None:
+    """Both layouts against the float64 step. Measured on this model (OS 8, hole algorithm): NCHW 1e-5, NHWC
+    4e-3: torch's CPU BatchNorm backward in channels_last float32 loses about 1e-3 in layer4's BN (found by
+    backward hooks against float64; its convolutions agree to 1e-6), and the step's cancelling sums amplify
+    it. A layout mistake (a wrong permutation) would be of order 1."""
     nhwc, module = one_step_update(make_cfg("model.channels_last=true"), "cpu", "32-true")
     nchw, _ = one_step_update(make_cfg("model.channels_last=false"), "cpu", "32-true")
+    exact, _ = one_step_update(make_cfg("model.channels_last=false"), "cpu", "64-true")
     assert module.model.backbone.layer1[0].conv1.weight.is_contiguous(memory_format=torch.channels_last)
-    assert relative_error(nhwc, nchw) < 1e-4
+    assert relative_error(nchw, exact.float()) < 1e-4
+    assert relative_error(nhwc, exact.float()) < 2e-2
+    assert cosine(nhwc, nchw) > 0.9999
     assert module.in_model_layout(torch.zeros(2, 3, 8, 8)).is_contiguous(memory_format=torch.channels_last)
 
 
