@@ -128,9 +128,9 @@ def test_extra_blocks_replicate_layer4() -> None:
         stage = getattr(model, name)
         assert len(stage) == 3
         assert [n_params(u) for u in stage[1:]] == [n_params(u) for u in model.layer4[1:]]
-        # first unit: same widths, but its input is layer4's 2048 channels instead of 1024, which widens
-        # its 1x1 reduce conv (x512) and its shortcut conv (x2048)
-        assert n_params(stage[0]) == n_params(model.layer4[0]) + (2048 - 1024) * (512 + 2048)
+        # first unit: its input is layer4's 2048 channels, so it is one more 2048->512->2048 unit with the
+        # (subsampled) identity shortcut, like layer4's later units: no projection
+        assert n_params(stage[0]) == n_params(model.layer4[1])
         assert stage[0].conv1.in_channels == 2048
     # random init: BN affine = (1, 0), convs He-initialised (std = sqrt(2 / fan_out))
     assert torch.all(model.layer7[2].bn3.weight == 1) and torch.all(model.layer7[2].bn3.bias == 0)
@@ -557,3 +557,35 @@ def test_dropout_units_come_from_the_config_and_bad_names_name_the_key(make_cfg)
     assert not isinstance(model.backbone.unit("res5a"), ResidualDropout)
     with pytest.raises(ConfigError, match=r"backbone\.dropout_units: unknown residual unit 'res5z'"):
         build_segmentor(make_cfg("backbone.dropout_units=[res5z]", base=base), 6)
+
+
+def _bottleneck_params(inplanes: int, planes: int) -> int:
+    """Layer formula of a bottleneck unit with an identity shortcut: 1x1 in->p, 3x3 p->p, 1x1 p->4p (no bias),
+    each followed by a BN with a scale and a shift per channel."""
+    convs = inplanes * planes + 9 * planes * planes + planes * 4 * planes
+    norms = 2 * (planes + planes + 4 * planes)
+    return convs + norms
+
+
+@pytest.mark.parametrize("depth", [50, 101])
+@pytest.mark.parametrize("extra_blocks", [1, 2, 3])
+def test_extra_blocks_add_three_identity_shortcut_units_each(depth: int, extra_blocks: int) -> None:
+    """DeepLabv3 Sec. 3.2: block5-7 are copies of block4 (3 units of 2048->512->2048); a TF-slim unit projects
+    its shortcut only when the depth changes, so each extra block adds exactly 3 identity-shortcut units."""
+    base = n_params(ResNet(depth, output_stride=16))
+    deeper = n_params(ResNet(depth, output_stride=16, extra_blocks=extra_blocks))
+    assert deeper - base == extra_blocks * 3 * _bottleneck_params(2048, 512)
+
+
+def test_extra_block_identity_shortcut_is_subsampled_where_the_block_strides() -> None:
+    from segexp.models.backbones.resnet import Subsample
+
+    model = ResNet(18, output_stride=64, extra_blocks=1).eval()
+    shortcut = model.layer5[0].downsample
+    assert isinstance(shortcut, Subsample) and shortcut.stride == (2, 2)
+    x = torch.arange(2 * 5 * 5, dtype=torch.float32).reshape(1, 2, 5, 5)
+    assert torch.equal(model.layer5[0].shortcut(x), x[..., ::2, ::2])  # rows/cols 0, 2, 4: ceil(5 / 2)
+    model.set_output_stride(32)
+    assert shortcut.stride == (1, 1) and torch.equal(model.layer5[0].shortcut(x), x)
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 70, 70))["out"].shape[-2:] == (3, 3)

@@ -119,3 +119,19 @@ def test_shift_passes_on_a_model_without_a_strided_stage_fail_before_training(ma
     with pytest.raises(ConfigError, match=r"inference\.shift_passes=2: shifted passes cannot run on this model: "
                                           r"ResNet at output stride 4 has no strided stage"):
         build_module(cfg, build_datamodule(cfg))
+
+
+def test_shifted_passes_through_an_extra_block_identity_shortcut() -> None:
+    """When the last strided stage is an extra block (DeepLabv3 block5, OS 64), its subsampled identity shortcut
+    runs densely with the strided conv, so the four passes equal the OS-32 network of the same weights."""
+    torch.manual_seed(0)
+    backbone = ResNet(18, output_stride=64, extra_blocks=1)
+    model = Segmentor(backbone, FCNHead(backbone.out_channels, 3, output_stride=64, kernel_size=1)).eval()
+    images = torch.randn(1, 3, 96, 96)
+    with torch.no_grad():
+        shifted = shifted_pass_outputs(model, images)["out"]
+        dense = copy.deepcopy(model)
+        dense.set_output_stride(32)
+        expected = dense.forward_raw(images)["out"]
+    assert model.backbone.last_strided_stage() == "layer5"
+    torch.testing.assert_close(shifted, expected, atol=1e-4, rtol=1e-4)

@@ -20,7 +20,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from segexp.tables.spec import Card, CardEntry, Row, TableSpec, override_key
+from segexp.tables.spec import Card, CardEntry, Row, Statements, TableSpec, override_key
 
 EFFECTIVE_BATCH = "effective_batch"
 """The one derived card key: data.batch_size x devices x nodes x accumulated batches."""
@@ -205,3 +205,10 @@ def card_table(card: Card) -> list[str]:
         paper = format_value(entry.paper) if entry.deviates else ""
         lines.append(f"| {setting_of(key)} | `{key}` | {format_value(entry.value)} | {paper} | {entry.source} |")
     return lines
+
+
+def statement_lines(statements: Statements) -> list[str]:
+    """Stated choices that no single config key holds, as markdown list lines (none: no lines)."""
+    if not statements:
+        return []
+    return ["", "Stated, not one config key:", *(f"- **{name}**: {text}" for name, text in statements.items())]

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from segexp.tables.card import CardLine, card_table, format_value, is_eval_key, setting_of
+from segexp.tables.card import CardLine, card_table, format_value, is_eval_key, setting_of, statement_lines
 from segexp.tables.plan import EVAL, Job, effective_batch, world_size
 from segexp.tables.runner import TablePlan
 from segexp.tables.spec import Card, Profile, TableSpec, display_path
@@ -75,6 +75,7 @@ def plan_text(spec: TableSpec, profile: Profile, plan: TablePlan) -> list[str]:
     text = [f"{spec.id} [{profile.name}]: {spec.title}", f"profile {profile.name}: {profile.description}", "",
             f"Protocol card ({display_path(spec.path)} over {spec.paper}/card.yaml; `full` composes these values):"]
     text += [f"  {line}" for line in card_table(card)] if card else ["  (no card: this table states no protocol)"]
+    text += [f"  {line}" if line else "" for line in statement_lines(spec.protocol.statements)]
     deviations = [(k, e) for k, e in card.items() if e.deviates]
     text += ["", f"Differs from the paper ({len(deviations)} stated choices):"]
     text += [f"  {setting_of(k)} ({k}): {format_value(e.value)}, paper {format_value(e.paper)}: {e.source}"
@@ -85,6 +86,9 @@ def plan_text(spec: TableSpec, profile: Profile, plan: TablePlan) -> list[str]:
         text += job_lines(job)
         own = [line for line in job.card if job.kind != EVAL or is_eval_key(line.key)]  # the rest: its source's
         text += row_card_lines(tuple(own), card)
+        row_statements = spec.protocol_of(job.row).statements
+        text += [f"      stated: {name}: {said}" for name, said in row_statements.items()
+                 if spec.protocol.statements.get(name) != said]
     for label, error in plan.planning.failed.items():
         text.append(f"  {label:<24} cannot run: {error}")
     for row, note in plan.planning.not_run.items():

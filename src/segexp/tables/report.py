@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from segexp import atomic
-from segexp.tables.card import card_table
+from segexp.tables.card import card_table, statement_lines
 from segexp.tables.spec import (
     DELTA,
     MEASURABLE,
@@ -448,7 +448,8 @@ def protocol_card_text(spec: TableSpec, profile: Profile) -> list[str]:
         return ["This table states no protocol card."]
     lines = ["The paper's protocol as the `full` profile composes it: each value is the paper's (section) or a "
              "stated choice (`chosen:`); *paper* gives the paper's value where the choice deviates from it. "
-             f"Per row: `segexp-table plan {spec.id}`.", "", *card_table(spec.protocol.card)]
+             f"Per row: `segexp-table plan {spec.id}`.", "", *card_table(spec.protocol.card),
+             *statement_lines(spec.protocol.statements)]
     if profile.overrides or profile.drop:
         replaced = ", ".join(f"`{o}`" for o in profile.overrides) or "nothing"
         dropped = ", ".join(f"`{d}`" for d in profile.drop) or "nothing"

@@ -116,6 +116,8 @@ class CardEntry:
 
 Card = dict[str, CardEntry]
 """Config key (``trainer.precision``; ``effective_batch`` for the derived batch) -> its entry."""
+Statements = dict[str, str]
+"""Name (``train_crop_padding``) -> a stated protocol choice that is not one config key's value."""
 
 
 @dataclass(frozen=True)
@@ -126,6 +128,9 @@ class Protocol:
     effective_batch: int | None = None
     max_steps: int | None = None
     card: Card = field(default_factory=dict)
+    statements: Statements = field(default_factory=dict)
+    """Stated choices that no single config key holds (the pad value of training crops, how a branch is read),
+    name -> text with the paper's section or ``chosen: <reason>``."""
 
     def merged(self, other: Protocol | None) -> Protocol:
         if other is None:
@@ -134,6 +139,7 @@ class Protocol:
             effective_batch=other.effective_batch if other.effective_batch is not None else self.effective_batch,
             max_steps=other.max_steps if other.max_steps is not None else self.max_steps,
             card={**self.card, **other.card},
+            statements={**self.statements, **other.statements},
         )
 
 
@@ -452,12 +458,33 @@ def read_card(node: _Mapping, name: str) -> Card:
     return card
 
 
+STATEMENT_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+def read_statements(node: _Mapping, name: str) -> Statements:
+    """The ``name`` mapping of ``node``: snake_case name -> the stated choice, which names its source (a section
+    of the paper, or ``chosen: <reason>``)."""
+    entries = node.get(name, dict, default={})
+    statements: Statements = {}
+    for key, text in entries.items():
+        where = node.key(f"{name}.{key}")
+        if not isinstance(key, str) or not STATEMENT_NAME.match(key):
+            fail(node.path, where, "expected a snake_case name such as train_crop_padding")
+        if not isinstance(text, str) or not text.strip():
+            fail(node.path, where, "expected the statement's text (its source: the paper's section or 'chosen: ...')")
+        statements[key] = text.strip()
+    return statements
+
+
+PROTOCOL_KEYS = ("effective_batch", "max_steps", "card", "statements")
+
+
 def _protocol(node: _Mapping, name: str) -> Protocol | None:
     if not node.has(name):
         return None
-    sub = _Mapping(node.data[name], node.path, node.key(name), ("effective_batch", "max_steps", "card"))
+    sub = _Mapping(node.data[name], node.path, node.key(name), PROTOCOL_KEYS)
     return Protocol(effective_batch=sub.positive("effective_batch"), max_steps=sub.positive("max_steps"),
-                    card=read_card(sub, "card"))
+                    card=read_card(sub, "card"), statements=read_statements(sub, "statements"))
 
 
 ROW_KEYS = ("name", "label", "overrides", "paper", "notes", "eval_of", "eval_overrides", "init_from", "measure",
@@ -554,19 +581,19 @@ def lineage(spec: TableSpec, name: str) -> list[str]:
 
 
 PAPER_CARD_FILE = "card.yaml"
-PAPER_CARD_KEYS = ("paper", "card")
+PAPER_CARD_KEYS = ("paper", "card", "statements")
 
 
-def load_paper_card(paper_dir: Path) -> Card:
-    """``experiments/<paper>/card.yaml``: the protocol card every table of the paper starts from ({} without
-    the file)."""
+def load_paper_card(paper_dir: Path) -> Protocol:
+    """``experiments/<paper>/card.yaml``: the protocol card (and statements) every table of the paper starts
+    from (empty without the file)."""
     path = paper_dir / PAPER_CARD_FILE
     if not path.is_file():
-        return {}
+        return Protocol()
     node = _Mapping(read_yaml(path, PAPER_CARD_KEYS), path, "", PAPER_CARD_KEYS)
     if node.text("paper", required=True) != paper_dir.name:
         fail(path, "paper", f"must be '{paper_dir.name}' (the folder it is in)")
-    return read_card(node, "card")
+    return Protocol(card=read_card(node, "card"), statements=read_statements(node, "statements"))
 
 
 def load_spec(path: Path) -> TableSpec:
@@ -583,7 +610,7 @@ def load_spec(path: Path) -> TableSpec:
         pending_reason=node.text("pending_reason"),
         notes=node.text("notes"),
         base=node.strings("base"),
-        protocol=Protocol(card=load_paper_card(path.parent)).merged(_protocol(node, "protocol")),
+        protocol=load_paper_card(path.parent).merged(_protocol(node, "protocol")),
         baseline=node.text("baseline"),
         paper_values=node.choice("paper_values", (ABSOLUTE, DELTA), default=ABSOLUTE),
         rows=tuple(_row(row, path, f"rows[{i}]") for i, row in enumerate(rows)),

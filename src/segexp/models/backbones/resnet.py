@@ -16,8 +16,9 @@ Segmentation" (DeepLabv3):
   ``conv2``, BasicBlock ``conv1``) -- and its *stage rate* (twice the entry rate) for every later conv of the
   stage (BasicBlock's ``conv2`` of the first unit included). E.g. OS 16: layer4 = (1, 2, 2); OS 8: layer3 =
   (1, 2, 2, ...) and layer4 = (2, 4, 4). A stage that keeps its stride has entry rate = stage rate. The
-  first unit's 1x1 shortcut conv takes the stage stride. 3x3 convs are padded by their dilation, so a stage
-  keeps the spatial size, and the final feature map of an HxW input is ceil(H / OS) x ceil(W / OS).
+  first unit's shortcut (a 1x1 conv, or the subsampled identity of an extra block) takes the stage stride.
+  3x3 convs are padded by their dilation, so a stage keeps the spatial size, and the final feature map of an
+  HxW input is ceil(H / OS) x ceil(W / OS).
 
   Consequence (tested in ``tests/test_hole_algorithm.py``): the same weights at OS s/2 compute the OS-s
   network densely, ``features(OS s/2)[..., ::2, ::2] == features(OS s)`` exactly (up to float rounding) at
@@ -25,7 +26,10 @@ Segmentation" (DeepLabv3):
   network's features (at OS 32) on a denser grid.
 * Sec. 3.2 -- going deeper: ``extra_blocks`` (0..3) appends ``layer5..layer7`` = block5..block7, replicas
   of layer4 (same units and widths, randomly initialised), each nominally striding by 2, so the nominal
-  output stride with k extra blocks is 32 * 2**k (256 with block7, Table 1).
+  output stride with k extra blocks is 32 * 2**k (256 with block7, Table 1). Their input has layer4's depth,
+  so their first unit's shortcut is the identity, subsampled when it strides (TF-slim's bottleneck projects
+  only when the depth changes); torchvision's rule (project whenever a unit strides) would add a 1x1 conv
+  2048 -> 2048 + BN, 4.2M parameters, to each extra block of ResNet-50/101.
 * Sec. 3.2.1 -- multi-grid: ``multi_grid = (r1, r2, ...)`` are unit rates for the units of layer4 and of
   every extra block: unit i's 3x3 convs get dilation ``rate * multi_grid[i]``, where ``rate`` is the rate of
   the grid the conv reads, i.e. the stage rate, except for the first unit's formerly strided conv, which
@@ -89,6 +93,34 @@ def _conv1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(in_planes, out_planes, kernel_size=1, stride=stride, bias=False)
 
 
+class Subsample(nn.Module):
+    """The shortcut of a unit whose depth does not change: the identity, keeping every ``stride``-th row and
+    column when the unit strides (TF-slim ``resnet_utils.subsample``: a 1x1 max pool with that stride). It takes
+    the positions a 3x3 conv of the same stride and padding 1 centres on, so the sum with the branch lines up."""
+
+    def __init__(self, stride: int = 1) -> None:
+        super().__init__()
+        self.stride = (stride, stride)
+
+    def forward(self, x: Tensor) -> Tensor:
+        step_y, step_x = self.stride
+        return x if (step_y, step_x) == (1, 1) else x[..., ::step_y, ::step_x]
+
+    def extra_repr(self) -> str:
+        return f"stride={self.stride[0]}"
+
+
+Shortcut = nn.Sequential | Subsample
+"""A unit's shortcut when it is not the plain identity: 1x1 conv + BN (the depth changes) or :class:`Subsample`."""
+
+
+def _set_shortcut_stride(shortcut: Shortcut | None, stride: int) -> None:
+    if isinstance(shortcut, Subsample):
+        shortcut.stride = (stride, stride)
+    elif shortcut is not None:
+        _set_conv_geometry(shortcut[0], stride, 1)
+
+
 def _set_conv_geometry(conv: nn.Conv2d, stride: int, dilation: int) -> None:
     """Set stride/dilation of an existing conv in place; odd kernels get 'same' padding dilation*(k-1)//2."""
     conv.stride = (stride, stride)
@@ -102,7 +134,7 @@ class BasicBlock(nn.Module):
 
     expansion = 1
 
-    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None):
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: Shortcut | None = None):
         super().__init__()
         self.conv1 = _conv3x3(inplanes, planes, stride)
         self.bn1 = nn.BatchNorm2d(planes)
@@ -116,8 +148,7 @@ class BasicBlock(nn.Module):
         ``entry_dilation`` (default ``dilation``), conv2, which follows it, gets ``dilation``."""
         _set_conv_geometry(self.conv1, stride, dilation if entry_dilation is None else entry_dilation)
         _set_conv_geometry(self.conv2, 1, dilation)
-        if self.downsample is not None:
-            _set_conv_geometry(self.downsample[0], stride, 1)
+        _set_shortcut_stride(self.downsample, stride)
 
     def dilations(self) -> tuple[int, ...]:
         return (self.conv1.dilation[0], self.conv2.dilation[0])
@@ -138,7 +169,7 @@ class Bottleneck(nn.Module):
 
     expansion = 4
 
-    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None):
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: Shortcut | None = None):
         super().__init__()
         self.conv1 = _conv1x1(inplanes, planes)
         self.bn1 = nn.BatchNorm2d(planes)
@@ -153,8 +184,7 @@ class Bottleneck(nn.Module):
         """Stride on the 3x3 conv, which holds (or held) the stride and so gets ``entry_dilation`` (default
         ``dilation``; the unit has no later 3x3 conv); the shortcut conv gets the stride."""
         _set_conv_geometry(self.conv2, stride, dilation if entry_dilation is None else entry_dilation)
-        if self.downsample is not None:
-            _set_conv_geometry(self.downsample[0], stride, 1)
+        _set_shortcut_stride(self.downsample, stride)
 
     def dilations(self) -> tuple[int, ...]:
         return (self.conv2.dilation[0],)
@@ -184,12 +214,17 @@ ARCHITECTURES: dict[int, tuple[Block, tuple[int, int, int, int]]] = {
 
 
 def _make_stage(block: Block, inplanes: int, planes: int, units: int, stride: int) -> nn.Sequential:
-    """torchvision's ``_make_layer``: the first unit strides and gets a 1x1-conv+BN shortcut when needed."""
-    downsample = None
-    if stride != 1 or inplanes != planes * block.expansion:
+    """torchvision's ``_make_layer``: the first unit strides. Its shortcut is a 1x1 conv + BN where the depth
+    changes (every stage of the ImageNet trunk), else the identity, subsampled when the unit strides (the extra
+    blocks 5-7, whose input is already layer4's depth): TF-slim's bottleneck, which DeepLabv3 Sec. 3.2 duplicates,
+    projects only when the depth changes, whereas torchvision also projects whenever a unit strides."""
+    downsample: Shortcut | None = None
+    if inplanes != planes * block.expansion:
         downsample = nn.Sequential(
             _conv1x1(inplanes, planes * block.expansion, stride), nn.BatchNorm2d(planes * block.expansion)
         )
+    elif stride != 1:
+        downsample = Subsample(stride)
     layers = [block(inplanes, planes, stride, downsample)]
     layers += [block(planes * block.expansion, planes) for _ in range(units - 1)]
     return nn.Sequential(*layers)
@@ -352,8 +387,8 @@ class ResNet(nn.Module):
 
     @contextmanager
     def dense_last_stride(self, offset: tuple[int, int]) -> Iterator[None]:
-        """One shifted pass of FCRN Sec. 3.2: inside the block, the convolutions holding the last stride (the
-        first unit's strided 3x3 conv and its shortcut conv) run with stride 1 and keep every second row and
+        """One shifted pass of FCRN Sec. 3.2: inside the block, the layers holding the last stride (the first
+        unit's strided 3x3 conv and its shortcut conv or subsampling) run with stride 1 and keep every second row and
         column of their output from ``offset`` = (dy, dx) in {0, 1}^2.
 
         The paper shifts the feature map in front of that layer by one pixel and strides; striding a shifted
@@ -364,7 +399,7 @@ class ResNet(nn.Module):
         unchanged, every later one doubled). Raises ValueError when no stage after the stem strides (output
         stride 4)."""
         unit = getattr(self, self.last_strided_stage())[0]
-        strided = [m for m in unit.modules() if isinstance(m, nn.Conv2d) and m.stride == (2, 2)]
+        strided = [m for m in unit.modules() if isinstance(m, (nn.Conv2d, Subsample)) and m.stride == (2, 2)]
         dy, dx = offset
         handles = [conv.register_forward_hook(lambda module, args, out: out[..., dy::2, dx::2]) for conv in strided]
         for conv in strided:
