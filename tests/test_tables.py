@@ -70,6 +70,7 @@ from segexp.tables.spec import (
     load_spec,
     load_table,
     profile_names,
+    with_extra_settings,
 )
 from tests.specs import assert_spec_error, write_spec
 
@@ -913,3 +914,35 @@ def test_the_seeds_of_a_row_share_its_config_hash_and_all_reach_the_report(tmp_p
         fabricate(base_dir, "deeplabv3", seed, {"mIoU": miou}, config_hash_=jobs[seed].config_hash)
     md = write_report(spec, proxy, base_dir=base_dir, results_dir=tmp_path)["md"].read_text()
     assert "| 76.68 | 71.00 ± 1.41 (n=2) |" in md and "older config" not in md
+
+
+def test_extra_settings_make_a_profile_of_their_own_and_never_touch_the_evidence(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """`segexp-table run prb.t3 --profile proxy -- trainer.max_steps=2 backbone=resnet18` is not the proxy
+    profile's evidence: its runs go to a folder of their own, every row says so, and its report is scratch."""
+    monkeypatch.setenv("SEGEXP_OUTPUT_DIR", str(tmp_path / "out"))
+    results_before = tree(RESULTS_DIR)
+    spec, proxy = load_table("prb.t3"), load_profile("proxy")
+    extra = ["trainer.max_steps=2", "backbone=resnet18"]
+    custom = with_extra_settings(proxy, extra)
+    assert custom.name.startswith("proxy+custom-") and not custom.evidence and custom.base == "proxy"
+    assert with_extra_settings(proxy, []) is proxy and with_extra_settings(custom, extra) is custom
+    assert with_extra_settings(proxy, ["trainer.max_steps=3"]).name != custom.name
+
+    assert cli.main(["run", "prb.t3", "--profile", "proxy", "--rows", "baseline", "--dry-run", "--", *extra]) == 0
+    assert f"prb.t3 [{custom.name}] -> " in capsys.readouterr().out
+    plan = runner.plan_table(spec, proxy, rows=["baseline"], extra=extra)
+    assert plan.how.base_dir == tmp_path / "out" / "tables" / "prb.t3" / custom.name
+    job = plan.trained["baseline", 0]
+    assert any("extra settings over profile proxy: trainer.max_steps=2 backbone=resnet18" in w for w in job.warnings)
+
+    run_dir = fabricate(plan.how.base_dir, "baseline", 0, {"mIoU": 0.04})
+    record = json.loads((run_dir / "table_row.json").read_text())
+    (run_dir / "table_row.json").write_text(json.dumps({**record, "extra": extra, "warnings": list(job.warnings)}))
+    paths = write_report(spec, custom)
+    assert paths["md"].parent == tmp_path / "out" / "tables" / "reports"
+    assert paths["md"].name == f"prb.t3.{custom.name}.md"
+    assert "extra settings over profile proxy" in paths["md"].read_text()
+    # the same runs reported under the evidence profile itself (e.g. by hand) still stay out of results/
+    assert write_report(spec, proxy, base_dir=plan.how.base_dir)["md"].parent == tmp_path / "out" / "tables" / "reports"
+    assert tree(RESULTS_DIR) == results_before

@@ -168,9 +168,10 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
         failed = False
     finally:
         finish_loggers(loggers, failed)
-    metrics = metrics_payload(module, trainer, datamodule.batch_size, time.perf_counter() - start, output_dir)
+    metrics = metrics_payload(module, trainer, datamodule.batch_size, time.perf_counter() - start, output_dir,
+                              split_size=len(evaluated))
     metrics["steps"] = metrics["mIoU_step"] = int(checkpoint.get("global_step", 0))
-    for key in ("best_mIoU", "best_step"):  # one evaluation: there is no best among several
+    for key in ("best_mIoU", "best_step", "resumes"):  # one evaluation: no best among several, no resume
         del metrics[key]
     metrics["ckpt"] = str(Path(str(cfg.ckpt)).resolve())
     metrics["inference"] = inference_settings(module)

@@ -26,6 +26,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from segexp.tables.plan import split_hydra
 from segexp.tables.report import NoRuns, write_report
 from segexp.tables.spec import (
     EXPERIMENTS_DIR,
@@ -37,6 +38,7 @@ from segexp.tables.spec import (
     load_profile,
     load_table,
     profile_names,
+    with_extra_settings,
 )
 from segexp.tables.store import profile_dir, rows_with_results
 from segexp.targets import TRUST_TARGETS_ENV, TRUST_TARGETS_FLAG, TRUSTED_TARGET_PREFIXES, trust_targets
@@ -128,7 +130,7 @@ def command_run(args: argparse.Namespace, extra: Sequence[str]) -> int:
         return 2
     from segexp.tables.runner import run_table
 
-    profile = load_profile(args.profile)
+    profile = with_extra_settings(load_profile(args.profile), split_hydra(extra)[0])  # its own runs and report
     rows = [r for r in args.rows.split(",") if r] if args.rows else None
     failed = 0
     for spec in (s for s in specs if s.ready):
@@ -150,7 +152,8 @@ def command_plan(args: argparse.Namespace, extra: Sequence[str]) -> int:
     from segexp.tables.plan_text import plan_text
     from segexp.tables.runner import plan_table
 
-    spec, profile = load_table(args.table), load_profile(args.profile)
+    spec = load_table(args.table)
+    profile = with_extra_settings(load_profile(args.profile), split_hydra(extra)[0])
     rows = [r for r in args.row.split(",") if r] if args.row else None
     plan = plan_table(spec, profile, seeds=args.seeds, rows=rows, launcher=args.launcher, extra=extra)
     print("\n".join(plan_text(spec, profile, plan)))

@@ -29,13 +29,14 @@ from segexp import atomic
 from segexp.cli.precheck import run_cli
 from segexp.config import CONF_DIR
 from segexp.tables.store import METRICS_FILE
-from segexp.training.build import build_datamodule, build_module, validate
+from segexp.training.build import build_datamodule, build_module, plain_config, validate
 from segexp.training.callbacks import Preempted
-from segexp.training.checkpoints import resolve_ckpt_path
+from segexp.training.checkpoints import resolve_ckpt_path, stored_run_state
 from segexp.training.harness import (
     build_callbacks,
     build_loggers,
     build_trainer,
+    eval_split_size,
     export_submitit_local_ranks,
     failure_record,
     finish_loggers,
@@ -43,6 +44,7 @@ from segexp.training.harness import (
     output_dir_of,
 )
 from segexp.training.module import SegmentationModule
+from segexp.training.resume import check_resume_changes, config_changes, resume_record
 
 
 def run_training(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) -> dict[str, Any]:
@@ -59,12 +61,14 @@ def run_training(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) -
         set_aside_old_results(output_dir)
         validate(cfg)
         ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
+        resumes, resumed_wall_s = resume_history(cfg, ckpt_path)
         pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
         datamodule = build_datamodule(cfg)
         module = build_module(cfg, datamodule)
+        module.resumes, module.resumed_wall_s = resumes, resumed_wall_s
         loggers = build_loggers(cfg, output_dir)
         failed = True
-        start = time.perf_counter()
+        module.session_start = time.perf_counter()
         try:
             callbacks = [*build_callbacks(cfg, loggers), *extra_callbacks]
             trainer = build_trainer(cfg, output_dir, loggers, callbacks)
@@ -78,11 +82,25 @@ def run_training(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) -
             failed = trainer.interrupted
         finally:
             finish_loggers(loggers, failed)
-    metrics = metrics_payload(module, trainer, datamodule.batch_size, time.perf_counter() - start, output_dir)
+    metrics = metrics_payload(module, trainer, datamodule.batch_size, module.wall_s(), output_dir,
+                              split_size=eval_split_size(trainer.val_dataloaders))
     if trainer.is_global_zero and not failed:
         atomic.write_json(output_dir / "metrics.json", metrics)
         print_summary(output_dir, metrics, loggers)
     return metrics
+
+
+def resume_history(cfg: DictConfig, ckpt_path: str | None) -> tuple[list[dict[str, Any]], float]:
+    """For a resumed run (``ckpt_path`` set): the resumes recorded so far plus this one, and the training
+    seconds before it; refuses (ConfigError) a changed setting the restored state would ignore
+    (:mod:`segexp.training.resume`). ``([], 0.0)`` for a fresh run."""
+    if ckpt_path is None:
+        return [], 0.0
+    stored, step = stored_run_state(ckpt_path)
+    changes = config_changes(stored.get("config") or {}, plain_config(cfg))
+    ignored = check_resume_changes(changes, str(cfg.get("resume_changes") or "refuse"), ckpt_path)
+    record = resume_record(ckpt_path, step, changes, ignored)
+    return [*stored.get("resumes", []), record], float(stored.get("wall_s") or 0.0)
 
 
 def set_aside_old_results(output_dir: Path) -> None:

@@ -37,7 +37,7 @@ SINGLE_NODE_LAUNCHERS = (None, BASIC_LAUNCHER, SUBMITIT_LOCAL)
 """Launchers that start every job on this machine."""
 HASH_OUTPUT_DIR = "/segexp-table-row"
 """output_dir used when composing for the hash, so the hash does not depend on where outputs live."""
-HASH_EXCLUDED = ("output_dir", "logger", "ckpt_path", "ckpt", "seed")
+HASH_EXCLUDED = ("output_dir", "logger", "ckpt_path", "ckpt", "seed", "resume_changes")
 """Keys that do not identify a row's config: where it is written, how it is logged, resume/ckpt paths, and the
 seed (the seed folder says it), so that the seeds of one row share a hash and a report can tell seeds run
 under an older config from the current ones."""
@@ -297,6 +297,8 @@ def plan_train_job(spec: TableSpec, row: Row, profile: Profile, seed: int, base_
     if (problem := multi_node_problem(cfg, launcher)) is not None:
         raise NotRunUnderProfile(problem)
     warnings = replaced_by_profile(row, profile)
+    if profile.extra:
+        warnings.append(f"run with extra settings over profile {profile.base}: {' '.join(profile.extra)}")
     if distributed:
         warnings = [w for w in warnings if not any(f" {key}=" in w for key in (*TRAINER_KEYS, "data.batch_size"))]
         warnings.append(f"profile {profile.name} runs its {cfg.trainer.devices} processes as "
@@ -330,6 +332,8 @@ def plan_eval_job(spec: TableSpec, row: Row, profile: Profile, seed: int, base_d
     overrides = eval_overrides(row, profile, last_checkpoint(source.run_dir), source.eval_trainer)
     cfg = compose(overrides, seed, config_name="eval")
     dropped = [f"profile {profile.name} drops {o}" for o in row.eval_overrides if o not in overrides]
+    if profile.extra:
+        dropped.append(f"evaluates a run with extra settings over profile {profile.base}: {' '.join(profile.extra)}")
     trained = source.cfg if source.cfg is not None else compose(source.overrides, seed)  # a Job built by hand
     evaluated = cfg.copy()  # what segexp-eval will run: the checkpoint's inference settings where the row leaves them
     evaluated.inference = inference_of_checkpoint(cfg.get("inference"), trained.get("inference"))

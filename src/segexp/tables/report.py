@@ -263,6 +263,20 @@ def row_status(spec: TableSpec, row: Row, results: RowResults) -> tuple[str, str
     return MISSING, ""
 
 
+def run_history_warnings(results: RowResults) -> list[str]:
+    """What a reader must know about how a row's seeds were run: resumed (from which step, with which changes;
+    ``wall_s`` then sums every session) or scored on part of the val split (``val_images`` < ``val_split_size``)."""
+    warnings = []
+    for seed, metrics in sorted(results.seeds.items()):
+        for resume in metrics.get("resumes") or []:
+            changed = ", ".join(resume.get("changed") or {}) or "no setting changed"
+            warnings.append(f"seed{seed} resumed at step {resume.get('step')} ({changed})")
+        scored, size = metrics.get("val_images"), metrics.get("val_split_size")
+        if isinstance(scored, int) and isinstance(size, int) and scored < size:
+            warnings.append(f"seed{seed} scored on {scored} of the {size} images of its split")
+    return warnings
+
+
 def build_cell(spec: TableSpec, row: Row, metric: str, results: dict[str, RowResults]) -> Cell:
     status, detail = row_status(spec, row, results[row.name])
     baseline = spec.baseline_of(row)
@@ -271,6 +285,7 @@ def build_cell(spec: TableSpec, row: Row, metric: str, results: dict[str, RowRes
                 run_dirs=[display_path(p) for p in results[row.name].run_dirs()])
     if results[row.name].stale:
         cell.warnings.append(f"ignored seeds run under an older config: {results[row.name].stale}")
+    cell.warnings += run_history_warnings(results[row.name])
     values = raw_values(metric, results[row.name])
     base_values = raw_values(metric, results[baseline]) if baseline else []
     reference = spec.baseline or baseline
@@ -553,9 +568,17 @@ def render_png(report: TableReport, path: Path) -> None:
     atomic.write_with(path, lambda tmp: figure.savefig(tmp, format="png", dpi=100))
 
 
-def report_dir(profile: Profile) -> Path:
-    """``experiments/results`` for an evidence profile, else ``outputs/tables/reports`` (scratch)."""
-    return RESULTS_DIR if profile.evidence else scratch_reports_dir()
+def runs_with_extra_settings(report: TableReport) -> list[str]:
+    """The runs of ``report`` recorded with command-line settings over their profile (``table_row.json`` extra)."""
+    return [f"{row}/seed{seed}" for row, results in report.results.items()
+            for seed, record in sorted(results.records.items()) if record.get("extra")]
+
+
+def report_dir(profile: Profile, report: TableReport | None = None) -> Path:
+    """``experiments/results`` for an evidence profile whose runs all match it, else ``outputs/tables/reports``
+    (scratch): a run with extra settings is not the profile's evidence, so its report never replaces it."""
+    evidence = profile.evidence and not (report is not None and runs_with_extra_settings(report))
+    return RESULTS_DIR if evidence else scratch_reports_dir()
 
 
 def no_runs_message(spec: TableSpec, profile: Profile, base_dir: Path) -> str:
@@ -570,7 +593,7 @@ def write_report(spec: TableSpec, profile: Profile, base_dir: Path | None = None
     report = build_report(spec, profile, base_dir)
     if not report.has_runs:
         raise NoRuns(no_runs_message(spec, profile, report.base_dir))
-    results_dir = results_dir or report_dir(profile)
+    results_dir = results_dir or report_dir(profile, report)
     results_dir.mkdir(parents=True, exist_ok=True)
     paths = {suffix: results_dir / f"{spec.id}.{profile.name}.{suffix}" for suffix in ("md", "csv", "png")}
     atomic.write_text(paths["md"], render_markdown(report))

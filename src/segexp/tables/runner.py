@@ -52,7 +52,7 @@ from segexp.tables.plan import (
     row_file_text,
     split_hydra,
 )
-from segexp.tables.spec import Profile, Row, SpecError, TableSpec, display_path, override_key
+from segexp.tables.spec import Profile, Row, SpecError, TableSpec, display_path, override_key, with_extra_settings
 from segexp.tables.store import (
     ERROR_FILE,
     JOB_STATUS_FILE,
@@ -165,7 +165,8 @@ def prepare(job: Job, spec: TableSpec, profile: Profile, rows_dir: Path, prune: 
     atomic.write_text(row_file, row_file_text(job.overrides, values))
     atomic.write_json(job.run_dir / TABLE_ROW_FILE, {
         "table": spec.id, "profile": profile.name, "row": job.row.name, "seed": job.seed, "kind": job.kind,
-        "config_hash": job.config_hash, "overrides": list(job.overrides), "resumed": resume,
+        "config_hash": job.config_hash, "overrides": list(job.overrides), "extra": list(profile.extra),
+        "resumed": resume,
         "warnings": list(job.warnings), "prune": prune,
         "source": str(job.source_dir) if job.source_dir else None,
         "written_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -468,6 +469,7 @@ def plan_table(spec: TableSpec, profile: Profile, seeds: int = 1, rows: Sequence
         except UntrustedTargetError as err:
             raise SpecError(str(err)) from None
     config_extra, hydra_extra = split_hydra(extra)
+    profile = with_extra_settings(profile, config_extra)
     how = Launch(base_dir or profile_dir(spec.id, profile.name), launcher, tuple(hydra_extra), quiet)
     selected = select_rows(spec, rows)
     stages = training_stages(selected)
@@ -481,6 +483,7 @@ def run_table(spec: TableSpec, profile: Profile, seeds: int = 1, rows: Sequence[
               launcher: str | None = None, extra: Sequence[str] = (), dry_run: bool = False,
               base_dir: Path | None = None, quiet: bool = False, allow_deviations: bool = False) -> RunResult:
     """Run what is missing of ``spec`` under ``profile``; see the module docstring."""
+    profile = with_extra_settings(profile, split_hydra(extra)[0])
     plan = plan_table(spec, profile, seeds, rows, launcher, extra, base_dir, quiet)
     how, planning, trained = plan.how, plan.planning, plan.trained
     warn_protocol(list(trained.values()), planning)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import hashlib
 import math
 import re
 from collections.abc import Sequence
@@ -255,6 +256,29 @@ class Profile:
     distributed: Distributed | None = None
     evidence: bool = False
     """True: reports go to ``experiments/results/`` (tracked evidence); False: scratch under outputs."""
+    extra: tuple[str, ...] = ()
+    """Command-line settings a run adds over the profile (``segexp-table run ... -- key=value``): such a run is
+    a profile of its own (:func:`with_extra_settings`), never the base profile's evidence."""
+    base: str | None = None
+    """The profile this one adds ``extra`` settings to (None for a profile file)."""
+
+
+EXTRA_SUFFIX = "+custom-"
+
+
+def with_extra_settings(profile: Profile, extra: Sequence[str]) -> Profile:
+    """The profile of a run with command-line config overrides: ``<profile>+custom-<digest of the overrides>``,
+    its runs in their own folder and its report scratch output (not ``experiments/results/``), so extra settings
+    never replace or mix with the profile's evidence. ``profile`` itself when there are none."""
+    if not extra or profile.extra == tuple(extra):
+        return profile
+    if profile.extra:
+        raise ValueError(f"profile {profile.name} already has extra settings {list(profile.extra)}")
+    digest = hashlib.sha256("\n".join(extra).encode()).hexdigest()[:8]
+    return dataclasses.replace(
+        profile, name=f"{profile.name}{EXTRA_SUFFIX}{digest}", evidence=False, extra=tuple(extra), base=profile.name,
+        description=f"{profile.description} -- with extra settings {' '.join(extra)} (not the {profile.name} "
+                    "profile's evidence)")
 
 
 def yaml_kind(value: Any) -> str:

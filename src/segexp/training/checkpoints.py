@@ -190,3 +190,10 @@ def _renamed_target(target: Any) -> Any:
         if isinstance(target, str) and target.startswith(old):
             return new + target.removeprefix(old)
     return target
+
+
+def stored_run_state(path: str) -> tuple[dict[str, Any], int]:
+    """The ``segexp`` record (config, best mIoU, wall time, resumes) and the step of a checkpoint, read lazily
+    (memory-mapped, ``weights_only``): what a resumed run compares itself with before it builds anything."""
+    checkpoint = torch.load(Path(path), map_location="cpu", weights_only=True, mmap=True)
+    return dict(checkpoint.get("segexp") or {}), int(checkpoint.get("global_step", 0))

@@ -24,6 +24,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import Checkpoint, LearningRateMonitor
 from pytorch_lightning.loggers import Logger, WandbLogger
+from torch.utils.data import DataLoader
 
 from segexp import atomic
 from segexp.config import ConfigError
@@ -194,19 +195,30 @@ def protocol_facts(trainer: pl.Trainer, batch_size: int) -> dict[str, Any]:
     }
 
 
+def eval_split_size(loaders: Any) -> int | None:
+    """Images in the split a validation/test loader reads (its dataset's length); None when unknown."""
+    return len(loaders.dataset) if isinstance(loaders, DataLoader) else None
+
+
 def metrics_payload(
-    module: Any, trainer: pl.Trainer, batch_size: int, wall_s: float, output_dir: Path
+    module: Any, trainer: pl.Trainer, batch_size: int, wall_s: float, output_dir: Path,
+    split_size: int | None = None,
 ) -> dict[str, Any]:
     """The metrics.json contract: final metrics (``mIoU`` is the final validation's, at ``mIoU_step``; the best
-    one and its step beside it), model size, steps, time and protocol facts."""
+    one and its step beside it), how many images it scored out of the split (``val_images`` of
+    ``val_split_size``: fewer with ``limit_val_batches``, ``fast_dev_run`` or skipped bad samples), model size,
+    steps, training time over every session of the run (``wall_s``), its resumes, and protocol facts."""
     return {
         **module.last_metrics,
         "mIoU_step": module.last_val_step,
         "best_mIoU": module.best_miou,
         "best_step": module.best_step,
+        "val_images": module.last_eval_images,
+        "val_split_size": split_size,
         "num_params": sum(p.numel() for p in module.model.parameters()),
         "steps": trainer.global_step,
         "wall_s": round(wall_s, 2),
+        "resumes": module.resumes,
         **protocol_facts(trainer, batch_size),
         "run_dir": str(output_dir),
     }

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import inspect
 import math
+import time
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
-from torchmetrics import MeanMetric
+from torchmetrics import MeanMetric, SumMetric
 
 from segexp.models.losses.label_grid import labels_on_score_grid
 from segexp.models.segmentor import Segmentor
@@ -71,6 +72,13 @@ class SegmentationModule(pl.LightningModule):
         self.last_val_step = -1
         self.best_miou: float | None = None
         self.best_step: int | None = None
+        self.resumes: list[dict[str, Any]] = []
+        """What each resume of this run continued from (:mod:`segexp.training.resume`), oldest first."""
+        self.resumed_wall_s = 0.0
+        """Training seconds of the sessions before this one (from the resumed checkpoint)."""
+        self.session_start: float | None = None
+        self.eval_images = SumMetric()  # images scored by the last validation/test, summed over DDP ranks
+        self.last_eval_images = 0
 
     # ------------------------------------------------------------ device setup
     def setup(self, stage: str) -> None:
@@ -167,6 +175,7 @@ class SegmentationModule(pl.LightningModule):
         logits = self.predict_logits(self.in_model_layout(batch["image"]))
         labels = batch["label"]
         self.confusion.update(logits.argmax(dim=1), labels)
+        self.eval_images.update(float(labels.shape[0]))
         if self.inference.is_plain:  # otherwise the scores are averaged probabilities, not logits
             self.eval_loss.update(self.compute_loss(logits, labels, batch), weight=labels.shape[0])
         return logits
@@ -202,6 +211,8 @@ class SegmentationModule(pl.LightningModule):
         self._switch_output_stride(False)
         metrics = metrics_from_confusion(self.confusion.compute(), self.class_names)
         self.confusion.reset()
+        self.last_eval_images = int(self.eval_images.compute()) if self.eval_images.update_called else 0
+        self.eval_images.reset()
         self.last_metrics = metrics
         self.last_val_step = self.global_step
         self._track_best(metrics.get("mIoU"))
@@ -224,9 +235,21 @@ class SegmentationModule(pl.LightningModule):
             self.best_miou, self.best_step = float(miou), self.global_step
 
     # -------------------------------------------------------------- checkpoints
+    def wall_s(self) -> float:
+        """Training seconds of this run over all its sessions: those before the resumed checkpoint, plus this
+        session's (from ``session_start``, set when fitting starts)."""
+        if self.session_start is None:
+            return self.resumed_wall_s
+        return self.resumed_wall_s + time.perf_counter() - self.session_start
+
+    def on_fit_start(self) -> None:
+        if self.session_start is None:
+            self.session_start = time.perf_counter()
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["segexp"] = {"config": self.config, "class_names": list(self.class_names),
-                                "best_mIoU": self.best_miou, "best_step": self.best_step}
+                                "best_mIoU": self.best_miou, "best_step": self.best_step,
+                                "wall_s": self.wall_s(), "resumes": self.resumes}
         # Dropout and other torch ops draw from the global RNG; restoring it makes resume exact.
         checkpoint["segexp_rng"] = torch.get_rng_state()
 
