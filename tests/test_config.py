@@ -132,3 +132,45 @@ def test_a_file_that_is_not_a_checkpoint_is_named_as_such(tmp_path) -> None:
     with pytest.raises(ConfigError, match=r"ckpt=.*notes.txt: not a segexp checkpoint") as err:
         load_checkpoint(str(text))
     assert "weights_only=False" not in str(err.value)
+
+
+def test_an_unknown_top_level_key_added_with_plus_is_refused(tmp_path) -> None:
+    from segexp.training.build import validate
+
+    with pytest.raises(ConfigError, match=r"top-level config key 'seeds': nothing reads it\. Did you mean 'seed'"):
+        validate(compose_config(["+seeds=3", f"output_dir={tmp_path}"]))
+    validate(compose_config(["fusion=max", "model.scales=[1.0,0.5]", f"output_dir={tmp_path}"]))  # a chosen group
+
+
+@pytest.mark.parametrize("override, message", [
+    ("+backbone.dpeth=50", "segexp-train: Unknown config key 'backbone.dpeth': ResNet has no parameter 'dpeth'"),
+    ("backbone.output_stride=sixteen", "segexp-train: Config value backbone.output_stride='sixteen' has"),
+    ("+seeds=3", "segexp-train: Unknown top-level config key 'seeds'"),
+    ("ckpt_path=nowhere.ckpt", "segexp-train: ckpt_path=nowhere.ckpt: no such checkpoint file"),
+])
+def test_config_errors_found_inside_the_job_are_one_line_and_exit_2(override: str, message: str, tmp_path) -> None:
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-m", "segexp.cli.train", override, "logger=null", "trainer.max_steps=1",
+                          f"hydra.run.dir={tmp_path}"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert run.returncode == 2, run.stderr
+    assert "Traceback" not in run.stderr and "HYDRA_FULL_ERROR" not in run.stderr
+    assert run.stderr.strip().splitlines()[-1].startswith(message)
+    assert (tmp_path / "error.json").is_file()  # the run's record of the failure is still written
+
+
+def test_a_ddp_job_inside_a_sweep_is_refused_before_lightning_reruns_the_sweep(make_cfg) -> None:
+    from segexp.config import ConfigError
+    from segexp.training.harness import build_trainer, refuse_relaunch_in_sweep
+
+    for trainer_choice, world in (("trainer=ddp_cpu", 2), ("trainer=cpu", 1)):
+        cfg = make_cfg(trainer_choice)
+        trainer = build_trainer(cfg, Path(cfg.output_dir), [], [])
+        assert trainer.world_size == world
+        refuse_relaunch_in_sweep(trainer, multirun=False)  # a single run starts its workers itself
+        if world == 1:
+            refuse_relaunch_in_sweep(trainer, multirun=True)
+            continue
+        with pytest.raises(ConfigError, match=r"2 DDP processes inside a Hydra sweep .*segexp-table run"):
+            refuse_relaunch_in_sweep(trainer, multirun=True)

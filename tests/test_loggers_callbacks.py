@@ -38,6 +38,25 @@ def test_wandb_and_csv_together_each_get_the_metrics_and_the_resolved_config(mak
     assert set(hparams["logger"]) == {"wandb", "csv"}
 
 
+def test_tensorboard_hparams_tab_gets_the_config_and_the_metric_columns(make_cfg) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    cfg = make_cfg("logger=tensorboard", *TWO_STEPS)
+    run_training(cfg)
+    [event_file] = (Path(cfg.output_dir) / "tensorboard").rglob("events.out.tfevents.*")
+    events = EventAccumulator(str(event_file.parent), size_guidance={"tensors": 0, "scalars": 0})
+    events.Reload()
+    content = events.PluginTagToContent("hparams")
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
+    start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
+    assert [m.name.tag for m in experiment.metric_infos] == ["val/mIoU", "val/pixel_acc", "val/mean_acc"]
+    settings = start.session_start_info.hparams
+    assert settings["backbone/depth"].number_value == 18 and settings["head/rates"].string_value == "[2, 4, 6]"
+    # the metric columns read the run's own scalar series: no placeholder value is logged
+    assert [event.step for event in events.Scalars("val/mIoU")] == [2]
+
+
 @pytest.mark.parametrize("choice, expected", [
     ("logger=csv", ["csv"]), ("logger=wandb", ["wandb"]), ("logger=tensorboard", ["tensorboard"]),
     ("~logger", []), ("logger=[csv,tensorboard]", ["csv", "tensorboard"]),
@@ -99,3 +118,41 @@ def test_the_default_callbacks_write_last_and_best_and_a_removed_one_is_gone(mak
     run_training(without_best)
     checkpoints = Path(without_best.output_dir) / "checkpoints"
     assert [p.name for p in checkpoints.iterdir()] == ["last.ckpt"]
+
+
+def test_validation_examples_gather_num_images_over_batches_of_any_size(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    import numpy as np
+    import torch
+    from pytorch_lightning.loggers import TensorBoardLogger
+
+    logger = TensorBoardLogger(str(tmp_path))
+    logged: list[tuple[str, np.ndarray, int]] = []
+    logger.experiment.add_images = lambda tag, images, step, dataformats: logged.append((tag, images, step))
+    datamodule = SimpleNamespace(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), palette=((0, 0, 0), (255, 0, 0)),
+                                 class_names=("a", "b"))
+    trainer = SimpleNamespace(sanity_checking=False, is_global_zero=True, datamodule=datamodule, loggers=[logger],
+                              global_step=5)
+    module = SimpleNamespace()  # no model: no scale attention to log
+
+    def batch(value: float, height: int) -> tuple[dict, torch.Tensor]:
+        images = torch.full((2, 3, height, 8), value)
+        return {"image": images, "label": torch.ones(2, height, 8, dtype=torch.long)}, torch.zeros(2, 2, height, 8)
+
+    four = ValidationExamples(num_images=4)
+    four.on_validation_epoch_start(trainer, module)
+    for index, (value, height) in enumerate([(0.2, 6), (0.4, 4), (0.6, 6)]):
+        four.on_validation_batch_end(trainer, module, batch(value, height)[1], batch(value, height)[0], index)
+    four.on_validation_epoch_end(trainer, module)
+    [(tag, strips, step)] = logged  # once per validation, from the first two batches (val_batch_size=2)
+    assert tag == "val/examples" and step == 5 and strips.shape == (4, 6, 3 * 8, 3)
+    assert [int(strip[0, 0, 0]) for strip in strips] == [51, 51, 102, 102]  # 0.2 and 0.4 of 255
+    assert not strips[2, 4:].any()  # the 4-row images are padded with black to the 6-row ones
+    logged.clear()
+    five = ValidationExamples(num_images=5)  # a split smaller than num_images: logged when validation ends
+    five.on_validation_epoch_start(trainer, module)
+    five.on_validation_batch_end(trainer, module, batch(0.2, 6)[1], batch(0.2, 6)[0], 0)
+    assert logged == []
+    five.on_validation_epoch_end(trainer, module)
+    assert [images.shape[0] for _, images, _ in logged] == [2]

@@ -267,6 +267,10 @@ def test_multirun_ends_with_a_summary_of_every_job_failed_ones_too(tmp_path: Pat
     failed = next(line for line in summary.splitlines() if "backbone.output_stride=12" in line)
     miou = json.loads((tmp_path / "0" / "metrics.json").read_text())["mIoU"]
     assert " ok " in ok and f"{100 * miou:.2f}" in ok
+    # each job line shows the swept setting only; the settings every job shares are printed once above
+    assert ok.split()[-1] == "backbone.output_stride=8" and "trainer.max_steps" not in ok
+    every = next(line for line in summary.splitlines() if line.startswith("every job: "))
+    assert "trainer.max_steps=2" in every and "backbone.output_stride" not in every
     assert " failed " in failed and "error: ConfigError" in summary
     assert "output_stride must be a power of two" in summary
 

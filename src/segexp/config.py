@@ -108,6 +108,7 @@ def validate_config(
     schemas: Mapping[str, Callable[..., Any]],
     builder_keys: Mapping[str, Sequence[str]] | None = None,
     origin: TargetOrigin | None = None,
+    top_level_keys: Sequence[str] | None = None,
 ) -> None:
     """Check every ``_target_`` node, and each node named in ``schemas``, against a signature.
 
@@ -120,6 +121,8 @@ def validate_config(
     """
     from segexp.targets import hydra_target_origin, load_target  # it builds on this module
 
+    if top_level_keys is not None:
+        _check_top_level_keys(cfg, top_level_keys)
     for key, target in schemas.items():
         node = cfg.get(key)
         if node is not None:
@@ -128,6 +131,25 @@ def validate_config(
     for prefix, node in target_nodes(cfg):
         target = load_target(str(node["_target_"]), prefix, origin)
         _check_node(node, target, prefix, skip_keys=(builder_keys or {}).get(prefix, ()))
+
+
+def config_top_level_keys(config_name: str) -> tuple[str, ...]:
+    """The top-level keys a composition of ``conf/<config_name>.yaml`` may hold: the primary file's own keys and
+    the config groups of conf/ (``fusion``, ``block``, ... exist only when chosen), plus ``hydra``."""
+    primary = OmegaConf.load(CONF_DIR / f"{config_name}.yaml")
+    groups = (path.name for path in CONF_DIR.iterdir() if path.is_dir())
+    return tuple(sorted({str(key) for key in primary if key != "defaults"} | set(groups) | {"hydra"}))
+
+
+def _check_top_level_keys(cfg: DictConfig, known: Sequence[str]) -> None:
+    """Refuse a top-level key no config file or group defines (``+seeds=3``): Hydra's ``+`` accepts any new key,
+    and nothing would read it."""
+    for key in (str(k) for k in cfg):
+        if key not in known:
+            close = difflib.get_close_matches(key, list(known), n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(f"Unknown top-level config key '{key}': nothing reads it.{hint} "
+                              f"Valid keys: {', '.join(known)}")
 
 
 def target_nodes(node: Any, prefix: str = "") -> Iterator[tuple[str, DictConfig]]:

@@ -6,12 +6,14 @@ from __future__ import annotations
 import difflib
 import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
 from segexp.config import CONF_DIR, ConfigError, compose_config
+from segexp.data.datasets.base import DatasetError
 from segexp.targets import (
     TRUST_TARGETS_FLAG,
     UntrustedTargetError,
@@ -22,6 +24,7 @@ from segexp.targets import (
     targets_trusted,
 )
 from segexp.training.build import validate
+from segexp.training.harness import in_multirun
 
 HYDRA_FLAGS_WITHOUT_PRECHECK = ("-m", "--multirun", "-h", "--help", "--hydra-help", "-c", "--cfg", "-i", "--info",
                                 "--shell-completion", "-sc")
@@ -119,6 +122,20 @@ def sweep_combinations(overrides: Sequence[str]) -> list[list[str]]:
     for index, values in enumerate(options):
         combinations += [[*first[:index], value, *first[index + 1:]] for value in values[1:]]
     return combinations
+
+
+@contextmanager
+def input_errors_exit(program: str) -> Iterator[None]:
+    """Inside a job: a :class:`ConfigError` or :class:`DatasetError` (a bad key, value, checkpoint file or dataset)
+    prints its one-line message and exits with status 2, as the checks before Hydra do, instead of Hydra's
+    traceback. In a sweep (``-m``) it is raised, so Hydra records that job's failure."""
+    try:
+        yield
+    except (ConfigError, DatasetError) as err:
+        if in_multirun():
+            raise
+        print(f"{program}: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def exit_on_config_error(check: Callable[[], None]) -> None:

@@ -23,10 +23,11 @@ from typing import Any
 import hydra
 import pytorch_lightning as pl
 from omegaconf import DictConfig
+from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from segexp import atomic
-from segexp.cli.precheck import run_cli
+from segexp.cli.precheck import input_errors_exit, run_cli
 from segexp.config import CONF_DIR
 from segexp.tables.store import METRICS_FILE
 from segexp.training.build import build_datamodule, build_module, plain_config, validate
@@ -40,8 +41,10 @@ from segexp.training.harness import (
     export_submitit_local_ranks,
     failure_record,
     finish_loggers,
+    in_multirun,
     metrics_payload,
     output_dir_of,
+    refuse_relaunch_in_sweep,
 )
 from segexp.training.module import SegmentationModule
 from segexp.training.resume import check_resume_changes, config_changes, resume_record
@@ -72,6 +75,7 @@ def run_training(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) -
         try:
             callbacks = [*build_callbacks(cfg, loggers), *extra_callbacks]
             trainer = build_trainer(cfg, output_dir, loggers, callbacks)
+            refuse_relaunch_in_sweep(trainer, in_multirun())
             try:
                 trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
             except SIGTERMException as err:  # SIGTERM outside a training step (Preemption saves inside one)
@@ -123,13 +127,12 @@ def print_summary(output_dir: Path, metrics: dict[str, Any], loggers: Sequence[A
 
 
 def dashboard_hint(logger: Any, output_dir: Path) -> str:
-    name = type(logger).__name__
-    if name == "WandbLogger":
+    if isinstance(logger, WandbLogger):
         return (f"wandb files in {output_dir / 'wandb'} (an offline run uploads with "
                 f"`wandb sync {output_dir / 'wandb'}/offline-run-*`)")
-    if name == "TensorBoardLogger":
+    if isinstance(logger, TensorBoardLogger):
         return f"tensorboard --logdir {output_dir}"
-    return f"{name} files in {getattr(logger, 'log_dir', output_dir)}"
+    return f"{type(logger).__name__} files in {getattr(logger, 'log_dir', output_dir)}"
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
@@ -137,7 +140,8 @@ def hydra_main(cfg: DictConfig) -> float:
     """Returns val mIoU so Hydra sweepers can optimise it. A pre-empted run exits with
     :attr:`Preempted.EXIT_CODE` (its reason is in error.json and on stderr)."""
     try:
-        return float(run_training(cfg)["mIoU"])
+        with input_errors_exit("segexp-train"):
+            return float(run_training(cfg)["mIoU"])
     except Preempted as err:
         print(f"segexp-train: pre-empted: {err}", file=sys.stderr)
         sys.exit(Preempted.EXIT_CODE)

@@ -12,7 +12,7 @@ from typing import Any
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from segexp.config import validate_config
+from segexp.config import config_top_level_keys, validate_config
 from segexp.data.datamodule import SegmentationDataModule
 from segexp.models.build import BUILDER_KEYS, ModelOptions, build_segmentor, model_options
 from segexp.models.shifted_passes import check_shift_passes
@@ -25,7 +25,7 @@ def validate(cfg: DictConfig, origin: TargetOrigin | None = None) -> None:
     packages (see :mod:`segexp.config`; ``origin``: where a refused target came from, by default the override or
     file of the last Hydra composition)."""
     validate_config(cfg, {"data": SegmentationDataModule, "model": ModelOptions}, builder_keys=BUILDER_KEYS,
-                    origin=origin)
+                    origin=origin, top_level_keys=config_top_level_keys("train"))
 
 
 def build_datamodule(cfg: DictConfig) -> SegmentationDataModule:

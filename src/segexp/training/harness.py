@@ -173,6 +173,28 @@ def build_trainer(
     )
 
 
+def in_multirun() -> bool:
+    """Whether this job is one of a Hydra sweep (``-m``)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def refuse_relaunch_in_sweep(trainer: pl.Trainer, multirun: bool) -> None:
+    """Refuse a sweep job whose trainer would start its DDP workers by re-running the command line: in a Hydra
+    multirun that re-runs the whole sweep from rank 1 (Lightning's known multirun + DDP problem). Workers started
+    externally (torchrun, SLURM, submitit) are fine."""
+    environment = getattr(trainer.strategy, "cluster_environment", None)
+    if not multirun or trainer.world_size < 2 or environment is None or environment.creates_processes_externally:
+        return
+    raise ConfigError(
+        f"trainer: {trainer.world_size} DDP processes inside a Hydra sweep (-m): Lightning would start its workers "
+        "by re-running the whole sweep. Run each configuration as a single run (segexp-train without -m), sweep "
+        "with `segexp-table run` (it starts DDP rows as single runs), or use a launcher that starts the processes "
+        "itself (hydra/launcher=submitit_slurm, or torchrun)")
+
+
 def log_interval(cfg: DictConfig) -> int:
     """``trainer.log_every_n_steps``, but never above ``max_steps``: a short run still logs its training loss."""
     interval = int(cfg.trainer.get("log_every_n_steps") or 50)
