@@ -69,6 +69,12 @@ def test_info_reports_flops_that_scale_with_output_stride() -> None:
     assert small["num_params"] == dense["num_params"]
     assert dense["gflops_per_crop"] > 2 * small["gflops_per_crop"]
     assert small["size_mb_fp32"] == pytest.approx(small["num_params"] * 4 / 2**20, abs=0.01)
+    # trained at 32, evaluated at 8: the evaluated FLOPs are those of the OS-8 network (same weights)
+    both = model_summary(compose_config(["backbone=resnet18", "data.crop_size=[64,64]",
+                                         "backbone.output_stride=32", "model.eval_output_stride=8"]))
+    assert both["output_stride"] == 32 and both["gflops_per_crop"] == small["gflops_per_crop"]
+    assert both["eval_output_stride"] == 8 and both["gflops_per_crop_eval"] == dense["gflops_per_crop"]
+    assert "eval_output_stride" not in small
 
 
 def test_data_dir_defaults_next_to_the_repo(monkeypatch: pytest.MonkeyPatch) -> None:

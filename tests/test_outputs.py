@@ -13,13 +13,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from segexp.config import ConfigError
+from segexp.geometry import scaled_size
 from segexp.models.backbones.resnet import ResNet
 from segexp.models.build import build_segmentor
 from segexp.models.fusion.max import MaxFusion
 from segexp.models.fusion.mean import MeanFusion
 from segexp.models.heads.fcn import FCNHead
 from segexp.models.losses.cross_entropy import CrossEntropy
-from segexp.models.segmentor import Segmentor, scale_output_name, scaled_size
+from segexp.models.segmentor import Segmentor, scale_output_name
 from segexp.training.build import build_module, validate
 from segexp.training.module import SegmentationModule
 from segexp.training.schedules.poly import PolySchedule
@@ -72,6 +73,7 @@ def test_multi_scale_streams_share_weights_and_are_fused_on_the_largest_grid() -
 def test_scaled_sizes_round_half_up() -> None:
     assert scaled_size((513, 513), 0.75) == (385, 385)
     assert scaled_size((513, 100), 0.5) == (257, 50)
+    assert scaled_size((373, 375), 0.5) == (187, 188)  # half up, not Python's half to even (186)
     assert scale_output_name(1.0) == "out_scale1" and scale_output_name(0.75) == "out_scale0.75"
 
 

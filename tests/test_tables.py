@@ -61,6 +61,7 @@ from segexp.tables.runner import (
     training_stages,
 )
 from segexp.tables.spec import (
+    EXPERIMENTS_DIR,
     RESULTS_DIR,
     Protocol,
     Row,
@@ -611,6 +612,12 @@ def test_list_shows_every_table_with_status(capsys: pytest.CaptureFixture[str]) 
     out = capsys.readouterr().out
     for spec in load_all():
         assert re.search(rf"^{re.escape(spec.id)}\s+{spec.status}\s+{len(spec.rows)}\s", out, re.M), spec.id
+    # a committed report is marked in its profile's column (the runs behind it are not in this checkout)
+    header = out.splitlines()[0].split()
+    for report in RESULTS_DIR.glob("*.md"):
+        table, profile = report.name.removesuffix(".md").rsplit(".", 1)
+        line = next(line for line in out.splitlines() if line.startswith(table + " "))
+        assert line.split()[header.index(profile)].endswith("*"), (table, profile)
 
 
 PENDING = GOOD.replace("metrics: [mIoU]", "metrics: [mIoU]\nstatus: pending\npending_reason: needs a flux capacitor")
@@ -726,6 +733,29 @@ def test_staged_rows_train_from_their_source_and_rerun_it_when_its_checkpoint_is
     third = run_table(spec, smoke, base_dir=base_dir, quiet=True)
     assert third.ok, third.failed
     assert third.ran == ["a/seed0", "b/seed0", "c/seed0"]
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("one_thread")
+def test_the_dry_run_says_a_finished_row_reruns_when_its_source_does(tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """a -> b (init_from a) -> c (eval of b): a's result lost, b and c finished. The run retrains a, then b and c
+    (they start from a's new checkpoint); the dry run must say so, not "done (skip)"."""
+    text = STAGED.replace("metrics: [mIoU]\n", "metrics: [mIoU]\nbase: [backbone=resnet18, head=fcn]\n")
+    spec = load_spec(write_spec(tmp_path, text.replace("[backbone=resnet18]", "[head.dropout=0.0]")))
+    profile = dataclasses.replace(load_profile("smoke"), checkpoints="keep")
+    base_dir = tmp_path / "runs"
+    assert run_table(spec, profile, base_dir=base_dir, quiet=True).ok
+    (base_dir / "a" / "seed0" / "metrics.json").unlink()
+    capsys.readouterr()
+    run_table(spec, profile, base_dir=base_dir, quiet=True, dry_run=True)
+    states = {line.split()[0]: line.split(None, 1)[1] for line in capsys.readouterr().out.splitlines()
+              if line.startswith("  ") and line.split()[0] in ("a/seed0", "b/seed0", "c/seed0")}
+    assert states["b/seed0"].startswith("run (source reruns)") and states["c/seed0"].startswith("run (source reruns)")
+    assert not states["a/seed0"].startswith("done")
+    real = run_table(spec, profile, base_dir=base_dir, quiet=True)
+    assert real.ok, real.failed
+    assert real.ran == ["a/seed0", "b/seed0", "c/seed0"]
 
 
 @pytest.mark.usefixtures("one_thread")
@@ -946,3 +976,21 @@ def test_extra_settings_make_a_profile_of_their_own_and_never_touch_the_evidence
     # the same runs reported under the evidence profile itself (e.g. by hand) still stay out of results/
     assert write_report(spec, proxy, base_dir=plan.how.base_dir)["md"].parent == tmp_path / "out" / "tables" / "reports"
     assert tree(RESULTS_DIR) == results_before
+
+
+def test_a_copied_spec_outside_experiments_runs_under_its_own_id(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    tracked = (EXPERIMENTS_DIR / "deeplabv3" / "t5.yaml").read_text()
+    same_name = tmp_path / "t5.yaml"
+    same_name.write_text(tracked.replace("id: deeplabv3.t5", "id: deeplabv3.t5"))
+    with pytest.raises(SpecError, match=r"'deeplabv3.t5' is a tracked table of experiments/deeplabv3/: give the copy"):
+        load_table(str(same_name))
+    copy = tmp_path / "t5_mine.yaml"
+    copy.write_text(tracked.replace("id: deeplabv3.t5", "id: deeplabv3.t5_mine"))
+    spec = load_table(str(copy))
+    assert spec.id == "deeplabv3.t5_mine" and spec.protocol == load_table("deeplabv3.t5").protocol  # the paper's card
+    monkeypatch.setenv("SEGEXP_OUTPUT_DIR", str(tmp_path / "out"))
+    assert cli.main(["run", str(copy), "--profile", "smoke", "--rows", "mg111", "--dry-run"]) == 0
+    assert f"deeplabv3.t5_mine [smoke] -> {tmp_path}/out/tables/deeplabv3.t5_mine/smoke" in capsys.readouterr().out
+    with pytest.raises(SpecError, match=r"nowhere.yaml: no such spec file"):
+        load_table(str(tmp_path / "nowhere.yaml"))

@@ -15,8 +15,8 @@ from segexp.data.transforms import (
     build_eval_transform,
     build_train_transform,
     scale_set,
-    scaled_size,
 )
+from segexp.geometry import scaled_size
 
 
 def _pair(height: int = 40, width: int = 60) -> tuple[np.ndarray, np.ndarray]:
@@ -39,7 +39,7 @@ def test_discrete_scale_takes_only_grid_values_and_resizes_accordingly() -> None
     scaler = DiscreteRandomScale(scale_range=(0.5, 2.0), scale_step=0.25)
     pipeline = A.Compose([scaler])
     image, mask = _pair()
-    allowed = {scaled_size(40, 60, s) for s in scaler.scales}
+    allowed = {scaled_size((40, 60), s) for s in scaler.scales}
     seen = set()
     for seed in range(60):
         pipeline.set_random_seed(seed)
@@ -78,9 +78,11 @@ def test_train_transform_exact_crop_and_ignore_padding() -> None:
     assert set(np.unique(labels)) == {1, IGNORE_INDEX}
     assert (labels == 1).sum() == 20 * 30
     np.testing.assert_array_equal(labels[22:42, 9:39], 1)
-    # padded image pixels are 0 before normalisation
-    expected = (0.0 - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)
+    # padded image pixels are the mean pixel (124, 116, 104), 0 after normalisation up to its uint8 rounding,
+    # as the test-time padding (inference.pad_to) and TF DeepLab's training crops
+    expected = (np.array([124, 116, 104]) / 255 - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)
     np.testing.assert_allclose(out["image"][:, 0, 0].numpy(), expected, rtol=1e-5)
+    assert np.abs(out["image"][:, 0, 0].numpy()).max() < 0.01
 
 
 def test_train_transform_crop_size_for_every_scale() -> None:

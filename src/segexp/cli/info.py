@@ -2,7 +2,8 @@
 
 Prints the parameter count (total and per part), the size in MB as float32, the output stride
 and the FLOPs of one forward pass on one training crop (counted by torch's FlopCounterMode:
-one multiply-add = 2 FLOPs).
+one multiply-add = 2 FLOPs); with ``model.eval_output_stride``, also the stride and FLOPs of the same crop as
+evaluated (the same weights at that stride, DeepLabv3 Table 10).
 """
 
 from __future__ import annotations
@@ -32,9 +33,16 @@ def model_summary(cfg: DictConfig) -> dict[str, Any]:
     datamodule = build_datamodule(cfg)
     model = build_segmentor(cfg, datamodule.num_classes).eval()
     height, width = datamodule.crop_size
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(torch.zeros(1, 3, height, width))
+    flops = forward_flops(model, height, width)
     params = count_params(model)
+    evaluated: dict[str, Any] = {}
+    eval_stride = cfg.model.get("eval_output_stride")
+    if eval_stride is not None:
+        trained_stride = model.output_stride
+        model.set_output_stride(int(eval_stride))
+        evaluated = {"eval_output_stride": model.output_stride,
+                     "gflops_per_crop_eval": round(forward_flops(model, height, width) / 1e9, 3)}
+        model.set_output_stride(trained_stride)
     return {
         "backbone": cfg.backbone._target_.rsplit(".", 1)[-1] + str(cfg.backbone.get("depth", "")),
         "head": cfg.head._target_.rsplit(".", 1)[-1],
@@ -49,8 +57,16 @@ def model_summary(cfg: DictConfig) -> dict[str, Any]:
         "size_mb_fp32": round(params * 4 / 2**20, 2),
         "output_stride": model.output_stride,
         "crop_size": [height, width],
-        "gflops_per_crop": round(counter.get_total_flops() / 1e9, 3),
+        "gflops_per_crop": round(flops / 1e9, 3),
+        **evaluated,
     }
+
+
+def forward_flops(model: torch.nn.Module, height: int, width: int) -> int:
+    """FLOPs of one forward pass of ``model`` on one ``height x width`` image."""
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.zeros(1, 3, height, width))
+    return counter.get_total_flops()
 
 
 USAGE = """usage: segexp-info [OVERRIDE ...] [--json] [--trust-targets]
@@ -81,6 +97,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"output stride:  {summary['output_stride']}")
     h, w = summary["crop_size"]
     print(f"FLOPs per crop: {summary['gflops_per_crop']} GFLOPs at {h}x{w}")
+    if "eval_output_stride" in summary:
+        print(f"evaluated at:   output stride {summary['eval_output_stride']}, "
+              f"{summary['gflops_per_crop_eval']} GFLOPs at {h}x{w}")
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ from segexp.tables.plan import split_hydra
 from segexp.tables.report import NoRuns, write_report
 from segexp.tables.spec import (
     EXPERIMENTS_DIR,
+    RESULTS_DIR,
     Profile,
     SpecError,
     TableSpec,
@@ -93,12 +94,22 @@ def tables_for(name: str) -> list[TableSpec]:
 
 
 def command_list() -> int:
+    """Per table and profile: the rows with results under outputs/, marked ``*`` when a report of that profile is
+    committed in experiments/results/ (its runs are not in this checkout's outputs/)."""
     profiles = profile_names()
-    print(f"{'table':<16} {'status':<8} {'rows':>4}  " + "  ".join(f"{p:>6}" for p in profiles) + "  title")
+    print(f"{'table':<16} {'status':<8} {'rows':>4}  " + "  ".join(f"{p:>7}" for p in profiles) + "  title")
+    committed = False
     for spec in load_all():
-        counts = [f"{rows_with_results(profile_dir(spec.id, p), spec.row_names())}/{len(spec.rows)}" for p in profiles]
-        print(f"{spec.id:<16} {spec.status:<8} {len(spec.rows):>4}  " + "  ".join(f"{c:>6}" for c in counts)
+        counts = []
+        for name in profiles:
+            marker = "*" if (RESULTS_DIR / f"{spec.id}.{name}.md").is_file() else " "
+            committed |= marker == "*"
+            counts.append(f"{rows_with_results(profile_dir(spec.id, name), spec.row_names())}/{len(spec.rows)}{marker}")
+        print(f"{spec.id:<16} {spec.status:<8} {len(spec.rows):>4}  " + "  ".join(f"{c:>7}" for c in counts)
               + f"  {spec.title}")
+    if committed:
+        print("\nrows with results under outputs/; * a committed report in experiments/results/ (segexp-table "
+              "report rewrites it only from runs that all match that profile)")
     return 0
 
 

@@ -1,8 +1,10 @@
 """Albumentations pipelines for training (multi-scale crop + flip) and evaluation (normalise only).
 
 The training pipeline draws one rescale factor per sample from a discrete set (or a continuous range),
-pads to the crop size with image 0 / mask IGNORE_INDEX, random-crops, optionally flips, then normalises
-and converts to tensors. All randomness comes from albumentations' own generators, so
+pads to the crop size with the mean pixel / mask IGNORE_INDEX, random-crops, optionally flips, then normalises
+and converts to tensors. Padding with the mean pixel (about 0 after normalisation) is TF DeepLab's training rule
+and segexp's one rule for padded pixels: test images (``inference.pad_to``) and sliding windows pad with 0 in
+normalised space, the same mean pixel. All randomness comes from albumentations' own generators, so
 ``Compose.set_random_seed(seed)`` fixes the whole augmentation of a sample.
 """
 
@@ -20,6 +22,7 @@ from albumentations.pytorch import ToTensorV2
 from torch import Tensor
 
 from segexp.data.datasets.base import IGNORE_INDEX
+from segexp.geometry import scaled_size
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -36,11 +39,6 @@ def scale_set(scale_range: tuple[float, float], scale_step: float) -> tuple[floa
         return ()
     count = math.floor((hi - lo) / scale_step + 1e-9) + 1
     return tuple(round(lo + i * scale_step, 10) for i in range(count))
-
-
-def scaled_size(height: int, width: int, scale: float) -> tuple[int, int]:
-    """``(height, width)`` after rescaling by ``scale`` (rounded, at least 1 pixel)."""
-    return max(1, round(height * scale)), max(1, round(width * scale))
 
 
 class DiscreteRandomScale(A.DualTransform):
@@ -75,7 +73,7 @@ class DiscreteRandomScale(A.DualTransform):
         return {"scale": self.sample_scale()}
 
     def _resize(self, array: np.ndarray, scale: float, interpolation: int) -> np.ndarray:
-        height, width = scaled_size(array.shape[0], array.shape[1], scale)
+        height, width = scaled_size(array.shape[:2], scale)
         if (height, width) == array.shape[:2]:
             return array
         return cv2.resize(array, (width, height), interpolation=interpolation)
@@ -90,6 +88,11 @@ class DiscreteRandomScale(A.DualTransform):
         return ("scale_range", "scale_step", "interpolation", "mask_interpolation")
 
 
+def mean_pixel(mean: Sequence[float]) -> tuple[int, ...]:
+    """The 0-255 pixel of the normalisation ``mean`` (0-1 units), rounded: the fill of padded training pixels."""
+    return tuple(int(math.floor(255 * m + 0.5)) for m in mean)
+
+
 def build_train_transform(
     crop_size: tuple[int, int],
     scale_range: tuple[float, float] = (0.5, 2.0),
@@ -99,7 +102,7 @@ def build_train_transform(
     std: Sequence[float] = IMAGENET_STD,
     normalize: bool = True,
 ) -> A.Compose:
-    """Random discrete rescale, pad (image 0, mask IGNORE_INDEX), random crop ``(height, width)``,
+    """Random discrete rescale, pad (image: the mean pixel, mask IGNORE_INDEX), random crop ``(height, width)``,
     optional horizontal flip, normalise (mean/std in 0-1 units; ``normalize=False`` keeps uint8 pixels for
     :func:`normalize_on_device`) and convert to tensors."""
     height, width = int(crop_size[0]), int(crop_size[1])
@@ -111,7 +114,7 @@ def build_train_transform(
             min_height=height,
             min_width=width,
             border_mode=cv2.BORDER_CONSTANT,
-            fill=0,
+            fill=mean_pixel(mean),
             fill_mask=IGNORE_INDEX,
         ),
         A.RandomCrop(height=height, width=width),

@@ -27,11 +27,12 @@ dashboards.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from segexp.geometry import scaled_size
 
 MAIN_OUTPUT = "out"
 AUX_OUTPUT = "aux"
@@ -42,11 +43,6 @@ HEAD_FEATURES = "head"
 def scale_output_name(scale: float) -> str:
     """The name of the output of the stream at ``scale`` (``out_scale0.75``; ``out_scale1`` for 1.0)."""
     return f"{MAIN_OUTPUT}_scale{scale:g}"
-
-
-def scaled_size(size: Sequence[int], scale: float) -> tuple[int, int]:
-    """``size`` times ``scale``, rounded half up, at least 1 pixel."""
-    return max(1, math.floor(size[0] * scale + 0.5)), max(1, math.floor(size[1] * scale + 0.5))
 
 
 def single_feature_keys(in_keys: Sequence[str], head: str) -> tuple[str]:

@@ -36,6 +36,7 @@ from segexp.tables.spec import (
     Row,
     TableSpec,
     display_path,
+    is_tracked_spec,
     metric_scale,
     metric_unit,
 )
@@ -575,9 +576,11 @@ def runs_with_extra_settings(report: TableReport) -> list[str]:
 
 
 def report_dir(profile: Profile, report: TableReport | None = None) -> Path:
-    """``experiments/results`` for an evidence profile whose runs all match it, else ``outputs/tables/reports``
-    (scratch): a run with extra settings is not the profile's evidence, so its report never replaces it."""
-    evidence = profile.evidence and not (report is not None and runs_with_extra_settings(report))
+    """``experiments/results`` for a tracked table under an evidence profile whose runs all match it, else
+    ``outputs/tables/reports`` (scratch): a run with extra settings, or a copy of a spec outside experiments/, is
+    not the tracked table's evidence, so its report never replaces it."""
+    evidence = profile.evidence and not (report is not None and (runs_with_extra_settings(report)
+                                                                  or not is_tracked_spec(report.spec.path)))
     return RESULTS_DIR if evidence else scratch_reports_dir()
 
 

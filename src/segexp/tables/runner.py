@@ -360,11 +360,23 @@ def sources_to_rerun(trained: Trained, evals: Sequence[Job]) -> set[Path]:
     return rerun
 
 
-def print_plan(jobs: Sequence[Job], kind: str, rerun: set[Path], hydra_extra: Sequence[str] = ()) -> None:
-    """--dry-run: per job what would happen."""
+def jobs_to_run(jobs: Sequence[Job], rerun: set[Path]) -> set[Path]:
+    """The run folders of ``jobs`` (sources before their dependents) that a run would start: those not done, those
+    in ``rerun``, and every job whose source runs (its source's new checkpoint changes what it starts from)."""
+    running: set[Path] = set()
     for job in jobs:
-        done = is_done(job) and job.run_dir not in rerun
+        if not is_done(job) or job.run_dir in rerun or job.source_dir in running:
+            running.add(job.run_dir)
+    return running
+
+
+def print_plan(jobs: Sequence[Job], kind: str, running: set[Path], hydra_extra: Sequence[str] = ()) -> None:
+    """--dry-run: per job what would happen (``running``: :func:`jobs_to_run`)."""
+    for job in jobs:
+        done = job.run_dir not in running
         state = "done (skip)" if done else "resume from last.ckpt" if can_resume(job) else "run"
+        if not done and is_done(job) and job.source_dir in running:
+            state = "run (source reruns)"
         where = "own process" if job.own_process else f"{kind} sweep"
         print(f"  {job.label:<28} {state:<22} {where:<12} {display_path(job.run_dir)}")
         if resources := job_launcher_overrides(job, hydra_extra):
@@ -490,8 +502,9 @@ def run_table(spec: TableSpec, profile: Profile, seeds: int = 1, rows: Sequence[
     check_cards([*trained.values(), *plan.evals], allow_deviations or dry_run)
     if dry_run:
         print(f"{spec.id} [{profile.name}] -> {display_path(how.base_dir)}")
-        print_plan(list(trained.values()), TRAIN, plan.rerun, how.hydra_extra)
-        print_plan(plan.evals, EVAL, plan.rerun, how.hydra_extra)
+        running = jobs_to_run([*trained.values(), *plan.evals], plan.rerun)
+        print_plan(list(trained.values()), TRAIN, running, how.hydra_extra)
+        print_plan(plan.evals, EVAL, running, how.hydra_extra)
         print_unrunnable(planning)
         return planning
     result = RunResult(table=spec.id, profile=profile.name, not_run=dict(planning.not_run),

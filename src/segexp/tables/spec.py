@@ -559,11 +559,31 @@ def _row(data: Any, path: Path, where: str) -> Row:
     return row
 
 
+def is_tracked_spec(path: Path) -> bool:
+    """Whether ``path`` is one of this checkout's ``experiments/<paper>/t<N>.yaml`` (else a user's copy)."""
+    return path.resolve().parent.parent == EXPERIMENTS_DIR.resolve()
+
+
+def _check_identity(spec: TableSpec) -> None:
+    """A tracked spec is ``experiments/<paper>/t<N>.yaml`` with id ``<paper>.t<N>``. A copy elsewhere (a variant of
+    a paper table) has id ``<paper>.<file stem>``, which must not be a tracked table's: its runs and reports go
+    to ``outputs/tables/<id>/`` and would mix with that table's."""
+    path, stem = spec.path, spec.path.stem
+    if is_tracked_spec(path):
+        paper_dir = path.parent.name
+        if not TABLE_FILE.match(stem) or spec.id != f"{paper_dir}.{stem}" or spec.paper != paper_dir:
+            fail(path, "id", f"'{spec.id}' (paper '{spec.paper}') must be '{paper_dir}.{stem}' for this file")
+        return
+    if not re.fullmatch(r"[A-Za-z0-9_-]+", stem) or spec.id != f"{spec.paper}.{stem}":
+        fail(path, "id", f"'{spec.id}' must be '{spec.paper}.{stem}' (the paper, then this file's name)")
+    if (EXPERIMENTS_DIR / spec.paper / f"{stem}.yaml").is_file():
+        fail(path, "id", f"'{spec.id}' is a tracked table of experiments/{spec.paper}/: give the copy another file "
+                         f"name (e.g. {stem}_mine.yaml), so its runs and reports stay apart from the table's")
+
+
 def _check_table(spec: TableSpec) -> None:
     path = spec.path
-    stem, paper_dir = path.stem, path.parent.name
-    if not TABLE_FILE.match(stem) or spec.id != f"{paper_dir}.{stem}" or spec.paper != paper_dir:
-        fail(path, "id", f"'{spec.id}' (paper '{spec.paper}') must be '{paper_dir}.{stem}' for this file")
+    _check_identity(spec)
     if spec.status == PENDING and not spec.pending_reason:
         fail(path, "pending_reason", "a pending table must say which components are missing")
     for index, metric in enumerate(spec.metrics):
@@ -608,20 +628,30 @@ PAPER_CARD_FILE = "card.yaml"
 PAPER_CARD_KEYS = ("paper", "card", "statements")
 
 
-def load_paper_card(paper_dir: Path) -> Protocol:
+def load_paper_card(paper_dir: Path, paper: str | None = None) -> Protocol:
     """``experiments/<paper>/card.yaml``: the protocol card (and statements) every table of the paper starts
-    from (empty without the file)."""
+    from (empty without the file). ``paper``: the paper the card must name (default: the folder's name)."""
     path = paper_dir / PAPER_CARD_FILE
     if not path.is_file():
         return Protocol()
     node = _Mapping(read_yaml(path, PAPER_CARD_KEYS), path, "", PAPER_CARD_KEYS)
-    if node.text("paper", required=True) != paper_dir.name:
-        fail(path, "paper", f"must be '{paper_dir.name}' (the folder it is in)")
+    expected = paper or paper_dir.name
+    if node.text("paper", required=True) != expected:
+        fail(path, "paper", f"must be '{expected}' (the paper of the tables beside it)")
     return Protocol(card=read_card(node, "card"), statements=read_statements(node, "statements"))
 
 
+def card_folder(path: Path, paper: str) -> tuple[Path, str | None]:
+    """Where the paper card of the spec at ``path`` is: beside a tracked spec; beside a copy when it has one, else
+    the tracked ``experiments/<paper>/card.yaml`` (a variant keeps the paper's protocol)."""
+    if is_tracked_spec(path):
+        return path.parent, None
+    return (path.parent if (path.parent / PAPER_CARD_FILE).is_file() else EXPERIMENTS_DIR / paper), paper
+
+
 def load_spec(path: Path) -> TableSpec:
-    """Read and validate one ``experiments/<paper>/t<N>.yaml`` (its card over the paper's ``card.yaml``)."""
+    """Read and validate one ``experiments/<paper>/t<N>.yaml`` (its card over the paper's ``card.yaml``), or a
+    copy of one elsewhere (see :func:`_check_identity`)."""
     node = _Mapping(read_yaml(path, TABLE_KEYS), path, "", TABLE_KEYS)
     rows = node.get("rows", list, required=True) or fail(path, "rows", "list at least one row")
     spec = TableSpec(
@@ -634,7 +664,8 @@ def load_spec(path: Path) -> TableSpec:
         pending_reason=node.text("pending_reason"),
         notes=node.text("notes"),
         base=node.strings("base"),
-        protocol=load_paper_card(path.parent).merged(_protocol(node, "protocol")),
+        protocol=load_paper_card(*card_folder(path, node.text("paper", required=True))).merged(
+            _protocol(node, "protocol")),
         baseline=node.text("baseline"),
         paper_values=node.choice("paper_values", (ABSOLUTE, DELTA), default=ABSOLUTE),
         rows=tuple(_row(row, path, f"rows[{i}]") for i, row in enumerate(rows)),
@@ -656,7 +687,13 @@ def load_all(root: Path = EXPERIMENTS_DIR) -> list[TableSpec]:
 
 
 def load_table(table_id: str, root: Path = EXPERIMENTS_DIR) -> TableSpec:
-    """The spec of ``<paper>.t<N>``, e.g. ``deeplabv3.t5``."""
+    """The spec of ``<paper>.t<N>``, e.g. ``deeplabv3.t5``, or of a spec file given by its path (a ``.yaml``
+    copy of a table outside experiments/, e.g. ``~/variants/t5_mine.yaml`` with id ``deeplabv3.t5_mine``)."""
+    if table_id.endswith((".yaml", ".yml")):
+        path = Path(table_id).expanduser()
+        if not path.is_file():
+            raise SpecError(f"{table_id}: no such spec file")
+        return load_spec(path)
     paper, _, table = table_id.partition(".")
     path = root / paper / f"{table}.yaml"
     if not paper or not TABLE_FILE.match(table) or not path.is_file():

@@ -37,7 +37,8 @@ def build_datamodule(cfg: DictConfig) -> SegmentationDataModule:
 def build_module(cfg: DictConfig, datamodule: SegmentationDataModule) -> SegmentationModule:
     options = model_options(cfg)
     model = build_segmentor(cfg, datamodule.num_classes)
-    inference = instantiate(cfg.inference) if cfg.get("inference") else None
+    # The predictor resizes scores as the model does (model.align_corners): one setting for both.
+    inference = instantiate(cfg.inference, align_corners=options.align_corners) if cfg.get("inference") else None
     if options.train_shift_passes:
         check_shift_passes(model, "model.train_shift_passes=true")
     if inference is not None and inference.shift_passes > 1:

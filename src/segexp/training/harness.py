@@ -228,8 +228,9 @@ def metrics_payload(
 ) -> dict[str, Any]:
     """The metrics.json contract: final metrics (``mIoU`` is the final validation's, at ``mIoU_step``; the best
     one and its step beside it), how many images it scored out of the split (``val_images`` of
-    ``val_split_size``: fewer with ``limit_val_batches``, ``fast_dev_run`` or skipped bad samples), model size,
-    steps, training time over every session of the run (``wall_s``), its resumes, and protocol facts."""
+    ``val_split_size``: fewer with ``data.val_limit``, ``limit_val_batches``, ``fast_dev_run`` or skipped bad
+    samples), model size, steps, training time over every session of the run (``wall_s``), its resumes, and
+    protocol facts."""
     return {
         **module.last_metrics,
         "mIoU_step": module.last_val_step,

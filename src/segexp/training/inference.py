@@ -1,8 +1,10 @@
 """Test-time inference strategies (DeepLabv3 Sec. 4.3-4.4, Tables 4, 6 and 12).
 
 Single scale returns the model's logits at the input size. Multi-scale inputs and left-right
-flips follow the paper: the image is resized by each scale (and flipped), the model's softmax
-probabilities are resized back to the input size, and the final score is their average.
+flips follow the paper: the image is resized by each scale (and flipped), the model's logits are resized
+back to the input size (bilinear) and turned into softmax probabilities there, and the final score is their
+average (TF DeepLab's ``predict_labels_multi_scale`` and mmseg's aug_test resize the logits, then softmax).
+Scaled sizes are rounded half up (:func:`segexp.geometry.scaled_size`, the rule of training and the model).
 ``mode="slide"`` evaluates overlapping ``crop_size`` windows with ``stride`` and averages the
 scores where windows overlap (the usual protocol for 1024x2048 Cityscapes images).
 ``shift_passes=2`` computes each forward pass as four shifted passes (FCRN Sec. 3.2,
@@ -35,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from segexp.geometry import scaled_size
 from segexp.models.shifted_passes import shifted_pass_outputs
 
 Model = Callable[[Tensor], Tensor]
@@ -100,12 +103,12 @@ class Inference:
         size = tuple(images.shape[-2:])
         total: Tensor | None = None
         for scale in self.scales:
-            scaled = self._resize(images, _scaled_size(size, scale)) if scale != 1.0 else images
+            scaled = self._resize(images, scaled_size(size, scale)) if scale != 1.0 else images
             views = [scaled, scaled.flip(-1)] if self.flip else [scaled]
             for i, view in enumerate(views):
-                probs = self._predict(model, view).softmax(dim=1)
-                probs = probs.flip(-1) if i == 1 else probs
-                probs = self._resize(probs, size)
+                logits = self._predict(model, view)
+                logits = logits.flip(-1) if i == 1 else logits
+                probs = self._resize(logits, size).softmax(dim=1)
                 total = probs if total is None else total + probs
         assert total is not None
         return total / (len(self.scales) * (2 if self.flip else 1))
@@ -139,10 +142,6 @@ def _pad_size(pad_to: Sequence[int] | None) -> tuple[int, int] | None:
         raise ValueError(f"inference.pad_to must be two positive integers [height, width] (e.g. [513, 513]) or "
                          f"null, got {values}")
     return values[0], values[1]
-
-
-def _scaled_size(size: tuple[int, int], scale: float) -> tuple[int, int]:
-    return max(1, int(round(size[0] * scale))), max(1, int(round(size[1] * scale)))
 
 
 def sliding_window(model: Model, images: Tensor, crop: tuple[int, int], stride: tuple[int, int]) -> Tensor:
