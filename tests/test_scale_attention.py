@@ -125,12 +125,68 @@ def test_parameter_counts_follow_the_layer_formulas() -> None:
 
 def test_dilations_per_stream_and_their_switch() -> None:
     fusion = MultiScaleAttention([8], 3, [1.0, 0.5], channels=4, in_keys=["head"])
-    assert [s[0].dilation for s in fusion.streams] == [(12, 12), (2, 2)]
+    assert [s[0].dilation for s in fusion.streams] == [(12, 12), (2, 2)]  # Sec. 3: 12 for 1x, 2 for 0.5x
     assert [s[0].padding for s in fusion.streams] == [(12, 12), (2, 2)]
     plain = MultiScaleAttention([8], 3, [1.0, 0.5], channels=4, in_keys=["head"], diverse_dilations=False)
     assert [s[0].dilation for s in plain.streams] == [(1, 1), (1, 1)]
-    with pytest.raises(ValueError, match=r"dilations=\[12, 2\] needs one positive integer per scale"):
+    with pytest.raises(ValueError, match=r"dilations=\[2, 12\] needs one positive integer per scale"):
         MultiScaleAttention([8], 3, [1.0, 0.75, 0.5], in_keys=["head"])
+
+
+def stream_dilation(fusion: MultiScaleAttention) -> list[int]:
+    """Each stream conv's dilation (== its padding: the conv keeps its grid), in the fusion's scales order."""
+    convs = [stream[0] for stream in fusion.streams]
+    assert all(conv.padding == conv.dilation for conv in convs)
+    return [conv.dilation[0] for conv in convs]
+
+
+@pytest.mark.parametrize(("scales", "large_dilation_on", "expected"), [
+    ([1.0, 0.5], "large_scale", [12, 2]),  # Sec. 3: "2 for small scale and 12 for large scale"
+    ([1.0, 0.5], "small_scale", [2, 12]),  # Sec. 2.1: large dilation "in small scale stream"
+    ([0.5, 1.0], "large_scale", [2, 12]),  # placed by scale, not by position in model.scales
+    ([0.5, 1.0], "small_scale", [12, 2]),
+    ([0.5, 1.0, 0.75], "large_scale", [1, 12, 2]),
+    ([0.5, 1.0, 0.75], "small_scale", [12, 1, 2]),
+])
+def test_large_dilation_on_swaps_which_stream_gets_which_dilation(scales, large_dilation_on, expected) -> None:
+    dilations = [2, 12] if len(scales) == 2 else [1, 2, 12]
+    fusion = MultiScaleAttention([8], 3, scales, channels=4, in_keys=["head"], dilations=dilations,
+                                 large_dilation_on=large_dilation_on)
+    assert stream_dilation(fusion) == expected
+
+
+def test_each_streams_response_to_a_point_sits_its_dilation_away() -> None:
+    """Known answer: a stream conv with all-ones 3x3 taps on one channel, fed a single 1 at the centre of a
+    31x31 map, answers 1 at the centre and at the 8 points its dilation away along rows, columns and
+    diagonals, 0 elsewhere (ReLU keeps them). Sec. 3's reading puts 12 on the 1x stream, Sec. 2.1's 2."""
+    point = torch.zeros(1, 1, 31, 31)
+    point[0, 0, 15, 15] = 1.0
+    for large_dilation_on, expected in (("large_scale", (12, 2)), ("small_scale", (2, 12))):
+        fusion = MultiScaleAttention([1], 3, [1.0, 0.5], channels=1, in_keys=["head"],
+                                     large_dilation_on=large_dilation_on, multi_stage=False).eval()
+        for stream, dilation in zip(fusion.streams, expected):
+            with torch.no_grad():
+                stream[0].weight.fill_(1.0)
+                stream[0].bias.zero_()
+                response = stream(point)[0, 0]
+            hits = {(int(i) - 15, int(j) - 15) for i, j in response.nonzero()}
+            assert hits == {(a * dilation, b * dilation) for a in (-1, 0, 1) for b in (-1, 0, 1)}
+            assert torch.equal(response[response != 0], torch.ones(9))
+
+
+def test_bad_dilation_options_name_the_option() -> None:
+    with pytest.raises(ValueError, match=r"large_dilation_on='medium' must be one of \['large_scale', 'small_scale'\]"):
+        MultiScaleAttention([8], 3, [1.0, 0.5], in_keys=["head"], large_dilation_on="medium")
+    with pytest.raises(ValueError, match=r"dilations=\[12, 2\] lists the dilation values from small to large "
+                                         r"\(e.g. \[2, 12\]\); which stream gets which is large_dilation_on"):
+        MultiScaleAttention([8], 3, [1.0, 0.5], in_keys=["head"], dilations=[12, 2])
+
+
+def test_the_other_reading_of_the_dilations_is_one_config_override_away(make_cfg) -> None:
+    base = [*SMALL, "fusion=msattn", RESNET_KEYS]
+    as_run = build_segmentor(make_cfg(base=base), num_classes=5).fusion
+    other = build_segmentor(make_cfg("fusion.large_dilation_on=small_scale", base=base), num_classes=5).fusion
+    assert stream_dilation(as_run) == [12, 2] and stream_dilation(other) == [2, 12]  # model.scales=[1.0,0.5]
 
 
 def test_hypercolumn_is_on_the_largest_grid_of_its_stages() -> None:

@@ -12,9 +12,15 @@ for the paper's Table 2:
   4, 4, 8, 8; 128 + 256 + 512 + 1024 channels) and ``layer1, layer2, layer3, head`` for a ResNet (the
   head's features are layer4's output for a 1x1 classifier).
 * ``diverse_dilations`` (Sec. 2.1, Fig. 2): each stream gets its own 3x3 conv (``channels``, ReLU) with its
-  own dilation, ``dilations`` in ``model.scales`` order (Sec. 3: 12 for the 1x stream, 2 for the 0.5x one).
-  Off: the per-stream convs are plain 3x3 (dilation 1). Each stream's conv runs on its own grid and its
-  output is resized to the logits' grid; the S outputs are concatenated into the shared features A.
+  own dilation. Off: the per-stream convs are plain 3x3 (dilation 1, Table 2's "standard convolution").
+  Each stream's conv runs on its own grid and its output is resized to the logits' grid; the S outputs are
+  concatenated into the shared features A.
+  Which stream gets which dilation: the paper says both ways. Sec. 3 sets the dilation "to 2 for small
+  scale and 12 for large scale" (the 0.5x and 1x streams it has just named); Sec. 2.1 gives the large
+  dilation to "large scale object or region in small scale stream" and the small one to "target of small
+  scale in large scale stream". ``dilations`` lists the values from small to large and
+  ``large_dilation_on`` places them by scale rank: ``"large_scale"`` (Sec. 3, the default: 1x -> 12,
+  0.5x -> 2) or ``"small_scale"`` (Sec. 2.1: 1x -> 2, 0.5x -> 12); :func:`stream_dilations`.
   Output stride: the dilations are in pixels of the hypercolumn's grid. With ``multi_stage`` that is the
   grid of the earliest stage (stride 4 for the default keys), which does not move with the output stride;
   without it, it is the head's grid at the output stride, and :meth:`set_output_stride` rescales the
@@ -23,16 +29,44 @@ for the paper's Table 2:
   to S maps, softmax over scales: l_s, Eq. 2, shared over classes) a recalibrating branch (same shape,
   1x1 conv to the classes, sigmoid: wr, shared over scales) multiplies the predictions:
   ``M_final = sum_s l_s * (P_s ⊗ wr)`` (Eqs. 3-4). Off: wr = 1, i.e. attention to scale's formula.
+  P_s are the streams' score maps (logits), as Sec. 2.2 "recalibrating the score maps" and attention to
+  scale's fusion of score maps: wr in (0, 1) shrinks each class's logit toward 0 (it never flips its
+  sign), and the fused logits go to a softmax cross-entropy like every other output.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor, nn
 
 from segexp.models.fusion.attention_to_scale import check_scale_inputs, resize_to, weighted_sum
+
+LargeDilationOn = Literal["large_scale", "small_scale"]
+"""The stream that gets the largest dilation: the largest-scale input (Sec. 3) or the smallest (Sec. 2.1)."""
+LARGE_DILATION_ON: tuple[str, ...] = get_args(LargeDilationOn)
+
+
+def stream_dilations(dilations: Sequence[int], scales: Sequence[float], large_dilation_on: str) -> tuple[int, ...]:
+    """One dilation per stream, in ``scales`` order: ``dilations`` (one positive integer per scale, from small
+    to large) given by scale rank -- the smallest dilation to the smallest scale for ``"large_scale"``, to the
+    largest scale for ``"small_scale"``. A ValueError names the option for anything else."""
+    if large_dilation_on not in LARGE_DILATION_ON:
+        raise ValueError(f"MultiScaleAttention: large_dilation_on={large_dilation_on!r} must be one of "
+                         f"{list(LARGE_DILATION_ON)}")
+    values = list(dilations)
+    if len(values) != len(scales) or any(int(d) != d or d < 1 for d in values):
+        raise ValueError(f"MultiScaleAttention: dilations={values} needs one positive integer per scale of "
+                         f"model.scales={list(scales)}")
+    if values != sorted(values):
+        raise ValueError(f"MultiScaleAttention: dilations={values} lists the dilation values from small to large "
+                         f"(e.g. {sorted(values)}); which stream gets which is large_dilation_on")
+    by_scale = sorted(range(len(scales)), key=lambda i: scales[i])  # stream indices, smallest scale first
+    ranked = values if large_dilation_on == "large_scale" else values[::-1]
+    placed = dict(zip(by_scale, ranked))
+    return tuple(int(placed[i]) for i in range(len(scales)))
 
 
 def branch(in_channels: int, channels: int, out_channels: int, dropout: float) -> nn.Sequential:
@@ -49,7 +83,8 @@ class MultiScaleAttention(nn.Module):
     """Location attention over S scale streams and a recalibrating branch, from per-stream hypercolumns.
 
     ``in_channels`` (channels of each of ``in_keys``), ``num_classes``, ``scales`` and ``output_stride`` are
-    passed by the builder; ``channels`` is the width of every conv (512), ``dilations`` one per scale.
+    passed by the builder; ``channels`` is the width of every conv (512); ``dilations`` (small to large) and
+    ``large_dilation_on`` give each stream its dilation (:func:`stream_dilations`).
     """
 
     def __init__(
@@ -58,7 +93,8 @@ class MultiScaleAttention(nn.Module):
         num_classes: int,
         scales: Sequence[float],
         channels: int = 512,
-        dilations: Sequence[int] = (12, 2),
+        dilations: Sequence[int] = (2, 12),
+        large_dilation_on: LargeDilationOn = "large_scale",
         multi_stage: bool = True,
         diverse_dilations: bool = True,
         recalibrate: bool = True,
@@ -69,14 +105,13 @@ class MultiScaleAttention(nn.Module):
         super().__init__()
         self.in_keys = tuple(in_keys)
         check_scale_inputs(self.in_keys, in_channels, scales, "MultiScaleAttention")
-        if len(dilations) != len(scales) or any(int(d) != d or d < 1 for d in dilations):
-            raise ValueError(f"MultiScaleAttention: dilations={list(dilations)} needs one positive integer per "
-                             f"scale of model.scales={list(scales)}")
+        placed = stream_dilations(dilations, scales, large_dilation_on)
+        self.large_dilation_on = large_dilation_on
         self.num_scales = len(scales)
         self.multi_stage = multi_stage
         self.stream_keys = self.in_keys if multi_stage else self.in_keys[-1:]
         stream_in = sum(in_channels) if multi_stage else in_channels[-1]
-        self.stream_dilations = tuple(int(d) for d in dilations) if diverse_dilations else (1,) * self.num_scales
+        self.stream_dilations = placed if diverse_dilations else (1,) * self.num_scales
         self.streams = nn.ModuleList(
             nn.Sequential(nn.Conv2d(stream_in, channels, kernel_size=3, padding=d, dilation=d), nn.ReLU(inplace=True))
             for d in self.stream_dilations
