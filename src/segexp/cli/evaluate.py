@@ -9,6 +9,10 @@ With ``save_predictions=true`` every evaluated image's prediction is also writte
 see :mod:`segexp.data.submission`); ``metrics.json`` then also holds ``predictions_dir`` and
 ``num_predictions`` (the PNG files in it).
 
+On several devices (``trainer=ddp_cpu``, ``trainer=ddp``) every rank scores its own share of the split, each image
+once (:class:`segexp.data.datamodule.EvalSampler`; ``data.val_limit`` keeps the first images of the split on any
+number of devices), and rank 0 writes ``metrics.json`` from the confusion matrix summed over the ranks.
+
 ``"labelled"`` in ``metrics.json`` says whether the split has labels. A split published without them
 (a test-server split such as VOC or Cityscapes ``test``, see ``SegmentationDataset.has_labels``) can only
 be evaluated with ``save_predictions=true``; its ``mIoU``, ``pixel_acc`` and ``mean_acc`` are null and
@@ -181,8 +185,9 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
     if saver is not None:
         metrics["predictions_dir"] = str(saver.out_dir)
         metrics["num_predictions"] = count_predictions(saver.out_dir)
-    atomic.write_json(output_dir / "metrics.json", metrics)
-    print_summary(metrics, datamodule.val_split, output_dir / "metrics.json")
+    if trainer.is_global_zero:  # as segexp-train: every rank holds the same synced scores, one writes them
+        atomic.write_json(output_dir / "metrics.json", metrics)
+        print_summary(metrics, datamodule.val_split, output_dir / "metrics.json")
     return metrics
 
 

@@ -10,6 +10,12 @@ ranks together are exactly batch ``k`` of one process with an ``R`` times larger
 Hard-image bootstrapping (DeepLabv3 Sec. 4.3, :mod:`segexp.data.bootstrapping`) repeats the images containing
 ``hard_classes`` ``hard_repeat`` times in every epoch; the repeated index list is a pure function of the
 labels, so resume stays exact.
+
+Validation and test use :class:`EvalSampler` instead: rank ``r`` of ``R`` scores images ``r, r + R, ...`` of
+the split and nothing else, so every image enters the confusion matrix (summed over the ranks) exactly once on any
+number of devices (ranks may score different counts; nothing is padded). ``data.val_limit`` keeps only the first
+images of the split, before the sharding: the same images are scored whatever the process count (a per-rank
+``trainer.limit_val_batches`` scores more images on more processes).
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import pytorch_lightning as pl
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Sampler, default_collate
+from torch.utils.data.distributed import DistributedSampler
 
 from segexp.data.bootstrapping import class_presence, hard_class_ids, sample_repeats
 from segexp.data.datasets.base import IGNORE_INDEX, SegmentationDataset
@@ -115,6 +122,43 @@ def _expand(size: int, repeats: Sequence[int] | None) -> list[int]:
     return [index for index, copies in enumerate(repeats) for _ in range(int(copies))]
 
 
+class EvalSampler(DistributedSampler):
+    """Rank ``rank`` of ``num_replicas``'s share of the evaluated images ``range(size)``: ``rank, rank +
+    num_replicas, ...``, in order, unpadded.
+
+    Over all ranks every index comes exactly once, so the confusion matrix summed across ranks is the one
+    process's (5 images on 2 ranks: 0, 2, 4 and 1, 3). :class:`SeededSampler` and torch's
+    ``DistributedSampler`` instead pad the last round with the first indices, which would score those images
+    twice. A ``DistributedSampler`` subclass only so that Lightning never wraps it in its own padding one
+    (``trainer.use_distributed_sampler=true`` keeps a sampler of that class); its ``num_samples`` is this
+    rank's count and ``total_size`` the ``size`` images of all ranks together. ``num_replicas`` / ``rank``
+    default to the initialised process group's (1 / 0 without one).
+    """
+
+    def __init__(self, size: int, num_replicas: int | None = None, rank: int | None = None) -> None:
+        world_size, world_rank = _world()
+        num_replicas = world_size if num_replicas is None else num_replicas
+        rank = world_rank if rank is None else rank
+        if size < 0 or num_replicas < 1 or not 0 <= rank < num_replicas:
+            raise ValueError(f"EvalSampler: need size >= 0 and rank in [0, num_replicas), got size={size}, "
+                             f"rank={rank}, num_replicas={num_replicas}")
+        super().__init__(range(size), num_replicas=num_replicas, rank=rank, shuffle=False, drop_last=False)
+        self.size = size
+        self.num_samples = len(self.indices())
+        self.total_size = size
+
+    def indices(self) -> range:
+        return range(self.rank, self.size, self.num_replicas)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices())
+
+
+def images_to_score(split_size: int, limit: int | None) -> int:
+    """The first ``limit`` images of a split of ``split_size`` (all of them with ``limit=None`` or a larger one)."""
+    return split_size if limit is None else min(split_size, limit)
+
+
 class ResumableDataLoader(DataLoader):
     """A DataLoader whose position in the epoch is saved in Lightning checkpoints."""
 
@@ -156,6 +200,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         hard_classes: list[str] | None = None,
         hard_repeat: int = 2,
         normalize_on_device: bool | None = None,
+        val_limit: int | None = None,
     ) -> None:
         super().__init__()
         self.dataset_factory = dataset
@@ -171,6 +216,10 @@ class SegmentationDataModule(pl.LightningDataModule):
         self.seed = seed
         self.hard_classes = list(hard_classes) if hard_classes else None
         self.hard_repeat = hard_repeat
+        if val_limit is not None and val_limit < 1:
+            raise ValueError(f"data.val_limit must be >= 1 (the first images of the val/test split to score) or null "
+                             f"(all of them), got {val_limit}")
+        self.val_limit = val_limit
         if hard_repeat < 1:
             raise ValueError(f"data.hard_repeat must be >= 1 (copies of each hard image in total), got {hard_repeat}")
         if self.hard_classes is not None:
@@ -270,9 +319,25 @@ class SegmentationDataModule(pl.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._eval_loader(self.test_split or self.val_split)
 
+    def eval_sampler(self, split: str, num_replicas: int | None = None, rank: int | None = None) -> EvalSampler:
+        """This rank's share of the images of ``split`` that are scored: the first ``data.val_limit`` (all without
+        one), cut before sharding so that the same images are scored on any number of processes, each once.
+        ``num_replicas`` / ``rank`` default to the process group's."""
+        split_size = len(self.split_dataset(split, train=False))
+        size = images_to_score(split_size, self.val_limit)
+        sampler = EvalSampler(size, num_replicas, rank)
+        if size < sampler.num_replicas:
+            limit = f" (data.val_limit={self.val_limit})" if size < split_size else ""
+            raise ValueError(
+                f"split '{split}': {size} image(s) to score{limit} on {sampler.num_replicas} processes; each process "
+                "needs at least one (one without images would hang the other ranks' metric sync): use fewer devices "
+                "or more images"
+            )
+        return sampler
+
     def _eval_loader(self, split: str) -> DataLoader:
         dataset = self.split_dataset(split, train=False)
-        sampler = SeededSampler(len(dataset), self.seed, shuffle=False)
+        sampler = self.eval_sampler(split)
         return tracked(DataLoader(dataset, batch_size=self.val_batch_size, sampler=sampler, **self._loader_kwargs()))
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
