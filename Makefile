@@ -69,6 +69,7 @@ bench: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests
+	$(BIN)/lint-imports --no-cache
 
 clean:
 	rm -rf outputs multirun .pytest_cache .ruff_cache

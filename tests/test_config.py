@@ -166,6 +166,16 @@ def test_config_errors_found_inside_the_job_are_one_line_and_exit_2(override: st
     assert (tmp_path / "error.json").is_file()  # the run's record of the failure is still written
 
 
+def test_segexp_eval_names_a_missing_checkpoint_in_one_line(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-m", "segexp.cli.evaluate", "ckpt=nowhere.ckpt", "logger=null",
+                          f"hydra.run.dir={tmp_path}"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr
+    assert run.stderr.strip().splitlines()[-1].startswith("segexp-eval: ckpt=nowhere.ckpt: no such checkpoint file")
+
+
 def test_a_ddp_job_inside_a_sweep_is_refused_before_lightning_reruns_the_sweep(make_cfg) -> None:
     from segexp.config import ConfigError
     from segexp.training.harness import build_trainer, refuse_relaunch_in_sweep

@@ -14,6 +14,7 @@ from segexp.cli.train import run_training
 from segexp.config import ConfigError
 from segexp.models.backbones.frozen_bn import FrozenBatchNorm2d
 from segexp.models.build import build_segmentor
+from segexp.training.build import build_model
 
 SHORT = ["trainer.max_steps=2", "trainer.val_check_interval=2", "dataset.num_images=8", "dataset.image_size=32",
          "data.crop_size=[32,32]"]
@@ -79,21 +80,21 @@ def test_init_from_mismatch_names_file_keys_and_shapes(make_cfg, tmp_path: Path)
     save_module_checkpoint(build_segmentor(make_cfg(), num_classes=6), plain)
     save_module_checkpoint(build_segmentor(make_cfg("aux_head=fcn"), num_classes=6), with_aux)
     with pytest.raises(ConfigError, match=r"plain\.ckpt: .*missing keys: aux_head\.classifier\.bias"):
-        build_segmentor(make_cfg("aux_head=fcn", f"model.init_from={plain}"), num_classes=6)
+        build_model(make_cfg("aux_head=fcn", f"model.init_from={plain}"), num_classes=6)
     with pytest.raises(ConfigError, match=r"aux\.ckpt: .*unexpected keys: aux_head\.classifier\.bias"):
-        build_segmentor(make_cfg(f"model.init_from={with_aux}"), num_classes=6)
+        build_model(make_cfg(f"model.init_from={with_aux}"), num_classes=6)
     shapes = r"shape mismatches: head\.classifier\.bias: checkpoint \(6,\) vs model \(21,\)"
     with pytest.raises(ConfigError, match=shapes):
-        build_segmentor(make_cfg(f"model.init_from={plain}"), num_classes=21)
+        build_model(make_cfg(f"model.init_from={plain}"), num_classes=21)
 
 
 def test_init_from_bad_files(make_cfg, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"model.init_from=.*nowhere.ckpt: no such checkpoint file"):
-        build_segmentor(make_cfg(f"model.init_from={tmp_path / 'nowhere.ckpt'}"), num_classes=6)
+        build_model(make_cfg(f"model.init_from={tmp_path / 'nowhere.ckpt'}"), num_classes=6)
     foreign = tmp_path / "foreign.ckpt"
     torch.save({"weights": torch.zeros(1)}, foreign)
     with pytest.raises(ConfigError, match="foreign.ckpt: not a Lightning checkpoint"):
-        build_segmentor(make_cfg(f"model.init_from={foreign}"), num_classes=6)
+        build_model(make_cfg(f"model.init_from={foreign}"), num_classes=6)
 
 
 def test_freeze_bn_alone_freezes_head_and_backbone(make_cfg) -> None:

@@ -22,7 +22,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from segexp.config import CONF_DIR, REPO_ROOT, SOURCE_CHECKOUT, ConfigError, target_nodes
+from segexp.config import CONF_DIR, REPO_ROOT, SOURCE_CHECKOUT, ConfigError
 
 
 class UntrustedTargetError(ConfigError):
@@ -285,3 +285,30 @@ def _config_file_name(source: str, config_path: str) -> str:
         return str(path.resolve().relative_to(REPO_ROOT)) if SOURCE_CHECKOUT else str(path)
     except ValueError:
         return str(path)
+
+
+def target_nodes(node: Any, prefix: str = "") -> Iterator[tuple[str, DictConfig]]:
+    """Every node with a ``_target_`` under ``node`` (itself included), with its dotted key, parents first. A value
+    that is an interpolation is resolved and searched too when it resolves to a node (``${oc.create:{...}}``):
+    instantiating would build what it holds; one that cannot be resolved here (``${hydra:...}`` outside a run) is
+    passed over."""
+    if isinstance(node, (DictConfig, ListConfig)) and (node._is_none() or node._is_missing()
+                                                       or node._is_interpolation()):
+        return
+    if isinstance(node, DictConfig):
+        if "_target_" in node and node.get("_target_") is not None:
+            yield prefix, node
+        children: Iterator[tuple[Any, str]] = ((key, f"{prefix}.{key}" if prefix else str(key)) for key in node)
+    elif isinstance(node, ListConfig):
+        children = ((i, f"{prefix}[{i}]") for i in range(len(node)))
+    else:
+        return
+    for key, child_key in children:
+        child = node._get_node(key)
+        if child is not None and not isinstance(child, (DictConfig, ListConfig)) and child._is_interpolation():
+            try:
+                child = node[key]
+            except Exception:  # noqa: BLE001 -- only resolvable inside a Hydra run
+                continue
+        if isinstance(child, (DictConfig, ListConfig)):
+            yield from target_nodes(child, child_key)

@@ -35,7 +35,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from segexp import atomic
-from segexp.cli.precheck import exit_on_config_error, run_cli
+from segexp.cli.precheck import exit_on_config_error, input_errors_exit, run_cli
 from segexp.config import CONF_DIR, ConfigError
 from segexp.data.datasets.base import SegmentationDataset
 from segexp.targets import TargetOrigin, hydra_target_origin
@@ -216,7 +216,8 @@ def hydra_result(metrics: dict[str, Any]) -> float:
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="eval")
 def hydra_main(cfg: DictConfig) -> float:
     exit_on_config_error(lambda: require_ckpt(cfg))
-    return hydra_result(run_evaluation(cfg))
+    with input_errors_exit("segexp-eval"):
+        return hydra_result(run_evaluation(cfg))
 
 
 def require_ckpt(cfg: DictConfig) -> None:

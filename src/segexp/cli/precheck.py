@@ -3,7 +3,6 @@ naming code outside the allowed packages (see :mod:`segexp.config`) is refused b
 
 from __future__ import annotations
 
-import difflib
 import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -25,6 +24,7 @@ from segexp.targets import (
 )
 from segexp.training.build import validate
 from segexp.training.harness import in_multirun
+from segexp.validation import did_you_mean
 
 HYDRA_FLAGS_WITHOUT_PRECHECK = ("-m", "--multirun", "-h", "--help", "--hydra-help", "-c", "--cfg", "-i", "--info",
                                 "--shell-completion", "-sc")
@@ -63,8 +63,7 @@ def check_command_line(argv: Sequence[str], config_name: str) -> None:
             validate(cfg)  # names the closest parameter of a model part, of data or of model
         parent, _, name = key.rpartition(".")
         node = OmegaConf.select(cfg, parent) if parent else cfg
-        close = difflib.get_close_matches(name, [str(k) for k in node if str(k) != name], n=1) if node else []
-        hint = f" Did you mean '{parent + '.' if parent else ''}{close[0]}'?" if close else ""
+        hint = did_you_mean(name, [str(k) for k in node], parent) if node else ""
         raise ConfigError(f"Unknown config key '{key}'.{hint} (new keys need '+{key}=...')") from None
     except Exception:  # noqa: BLE001 -- sweeps and other errors: Hydra reports them itself
         return

@@ -29,7 +29,6 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from segexp import atomic
 from segexp.cli.precheck import input_errors_exit, run_cli
 from segexp.config import CONF_DIR
-from segexp.tables.store import METRICS_FILE
 from segexp.training.build import build_datamodule, build_module, plain_config, validate
 from segexp.training.callbacks import Preempted
 from segexp.training.checkpoints import resolve_ckpt_path, stored_run_state
@@ -48,6 +47,7 @@ from segexp.training.harness import (
 )
 from segexp.training.module import SegmentationModule
 from segexp.training.resume import check_resume_changes, config_changes, resume_record
+from segexp.training.run_files import METRICS_FILE
 
 
 def run_training(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) -> dict[str, Any]:

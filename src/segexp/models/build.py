@@ -11,9 +11,10 @@ are put together and trained.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -22,7 +23,6 @@ from torch import nn
 from segexp.config import ConfigError
 from segexp.models.backbones.frozen_bn import freeze_batchnorm
 from segexp.models.segmentor import HEAD_FEATURES, Segmentor, exposes_features
-from segexp.training.checkpoints import checkpoint_model_weights, state_dict_mismatches
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +53,13 @@ def model_options(cfg: DictConfig) -> ModelOptions:
     return ModelOptions(**OmegaConf.to_container(cfg.get("model") or {}, resolve=True))
 
 
-def build_segmentor(cfg: DictConfig, num_classes: int) -> Segmentor:
+def build_segmentor(cfg: DictConfig, num_classes: int,
+                    init_weights: Mapping[str, torch.Tensor] | None = None) -> Segmentor:
     """Backbone from ``cfg.backbone``; head (and ``cfg.aux_head``) sized to it and built at its output stride
     (ASPP rates scaled, see :mod:`segexp.models.heads.aspp`); ``cfg.fusion`` for several ``model.scales``; the loss
-    weight of every output."""
+    weight of every output. ``init_weights``: the weights of the ``model.init_from`` checkpoint, read by the caller
+    (:func:`segexp.training.checkpoints.checkpoint_model_weights`), loaded strictly before BN is frozen; without
+    them the model keeps its initial weights (what segexp-info and the size measurements need)."""
     options = model_options(cfg)
     backbone = build_backbone(with_blocks(cfg.backbone, cfg.get("block")))
     head = build_head(cfg.head, "head", backbone, num_classes)
@@ -73,8 +76,8 @@ def build_segmentor(cfg: DictConfig, num_classes: int) -> Segmentor:
         raise ConfigError(str(err)) from err
     if options.eval_output_stride is not None:
         check_output_stride(model, options.eval_output_stride, "model.eval_output_stride")
-    if options.init_from is not None:
-        load_model_weights(model, options.init_from)
+    if init_weights is not None:
+        load_model_weights(model, init_weights, str(options.init_from))
     if options.freeze_bn:
         freeze_batchnorm(model)
     if options.bn_momentum is not None:
@@ -206,19 +209,41 @@ def check_output_stride(model: Segmentor, output_stride: int, key: str) -> None:
         model.set_output_stride(built)
 
 
-def load_model_weights(model: Segmentor, path: str) -> None:
+def load_model_weights(model: Segmentor, weights: Mapping[str, torch.Tensor], path: str) -> None:
     """Initialise ``model`` from a segexp-train checkpoint's weights (``model.init_from``), strictly.
 
     DeepLabv3 Sec. 4.3 ("Test set result"): the second training stage starts from the first stage's
     weights only -- the optimizer state, step counter and LR schedule start afresh. Every parameter and
     buffer of the Lightning module's ``model.`` entries must match ``model`` by name and shape.
     """
-    weights = checkpoint_model_weights(path)
     own = model.state_dict()
     problems = state_dict_mismatches(own, weights)
     if problems:
         raise ConfigError(f"model.init_from={path}: the checkpoint's weights do not fit this model: {problems}")
     model.load_state_dict(weights, strict=True)
+
+
+def state_dict_mismatches(own: dict[str, torch.Tensor], loaded: dict[str, torch.Tensor]) -> str:
+    """Human-readable missing / unexpected / wrongly shaped keys ('' when ``loaded`` fits ``own``).
+
+    BN's ``num_batches_tracked`` counter is ignored (a frozen-BN checkpoint has none).
+    """
+    def relevant(keys: set[str]) -> list[str]:
+        return sorted(k for k in keys if not k.endswith("num_batches_tracked"))
+
+    missing = relevant(set(own) - set(loaded))
+    unexpected = relevant(set(loaded) - set(own))
+    shapes = [
+        f"{k}: checkpoint {tuple(loaded[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in sorted(set(own) & set(loaded))
+        if own[k].shape != loaded[k].shape
+    ]
+    parts = []
+    for title, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes)):
+        if items:
+            shown = ", ".join(items[:8]) + (f", ... ({len(items)} in all)" if len(items) > 8 else "")
+            parts.append(f"{title}: {shown}")
+    return "; ".join(parts)
 
 
 def set_bn_momentum(model: nn.Module, momentum: float) -> None:

@@ -12,7 +12,6 @@ is a config from someone else too: an override naming code outside the allowed p
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import hashlib
 import math
 import re
@@ -27,6 +26,7 @@ from hydra.errors import HydraException
 
 from segexp.config import REPO_ROOT
 from segexp.targets import UntrustedTargetError, check_override_targets
+from segexp.validation import closest_key
 
 EXPERIMENTS_DIR = REPO_ROOT / "experiments"
 PROFILES_DIR = EXPERIMENTS_DIR / "profiles"
@@ -365,8 +365,8 @@ class _Mapping:
         self.data, self.path, self.where = data, path, where
         for key in data:
             if key not in allowed:
-                close = difflib.get_close_matches(str(key), allowed, n=1)
-                hint = f" (did you mean '{close[0]}'?)" if close else ""
+                close = closest_key(str(key), allowed)
+                hint = f" (did you mean '{close}'?)" if close else ""
                 fail(path, self.key(str(key)), f"unknown key{hint}; allowed keys: {', '.join(allowed)}")
 
     def key(self, name: str) -> str:

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from segexp.training.run_files import ERROR_FILE, METRICS_FILE
+
 TABLE_ROW_FILE = "table_row.json"
-METRICS_FILE = "metrics.json"
-ERROR_FILE = "error.json"
 JOB_STATUS_FILE = "job_status.json"
 """How the Hydra job ended (COMPLETED / FAILED with the error), written by :mod:`segexp.cli.job_status`."""
 NOT_RUN_FILE = "not_run.json"

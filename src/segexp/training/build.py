@@ -12,12 +12,14 @@ from typing import Any
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from segexp.config import config_top_level_keys, validate_config
 from segexp.data.datamodule import SegmentationDataModule
 from segexp.models.build import BUILDER_KEYS, ModelOptions, build_segmentor, model_options
+from segexp.models.segmentor import Segmentor
 from segexp.models.shifted_passes import check_shift_passes
 from segexp.targets import TargetOrigin
+from segexp.training.checkpoints import checkpoint_model_weights
 from segexp.training.module import SegmentationModule
+from segexp.validation import config_top_level_keys, validate_config
 
 
 def validate(cfg: DictConfig, origin: TargetOrigin | None = None) -> None:
@@ -34,9 +36,16 @@ def build_datamodule(cfg: DictConfig) -> SegmentationDataModule:
     return SegmentationDataModule(dataset=dataset, seed=int(cfg.get("seed", 0)), **data)
 
 
+def build_model(cfg: DictConfig, num_classes: int) -> Segmentor:
+    """The segmentor of ``cfg``, started from the ``model.init_from`` checkpoint's weights when it names one."""
+    init_from = model_options(cfg).init_from
+    init_weights = checkpoint_model_weights(init_from) if init_from is not None else None
+    return build_segmentor(cfg, num_classes, init_weights)
+
+
 def build_module(cfg: DictConfig, datamodule: SegmentationDataModule) -> SegmentationModule:
     options = model_options(cfg)
-    model = build_segmentor(cfg, datamodule.num_classes)
+    model = build_model(cfg, datamodule.num_classes)
     # The predictor resizes scores as the model does (model.align_corners): one setting for both.
     inference = instantiate(cfg.inference, align_corners=options.align_corners) if cfg.get("inference") else None
     if options.train_shift_passes:

@@ -125,29 +125,6 @@ def checkpoint_model_weights(path: str) -> dict[str, torch.Tensor]:
     return weights
 
 
-def state_dict_mismatches(own: dict[str, torch.Tensor], loaded: dict[str, torch.Tensor]) -> str:
-    """Human-readable missing / unexpected / wrongly shaped keys ('' when ``loaded`` fits ``own``).
-
-    BN's ``num_batches_tracked`` counter is ignored (a frozen-BN checkpoint has none).
-    """
-    def relevant(keys: set[str]) -> list[str]:
-        return sorted(k for k in keys if not k.endswith("num_batches_tracked"))
-
-    missing = relevant(set(own) - set(loaded))
-    unexpected = relevant(set(loaded) - set(own))
-    shapes = [
-        f"{k}: checkpoint {tuple(loaded[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in sorted(set(own) & set(loaded))
-        if own[k].shape != loaded[k].shape
-    ]
-    parts = []
-    for title, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes)):
-        if items:
-            shown = ", ".join(items[:8]) + (f", ... ({len(items)} in all)" if len(items) > 8 else "")
-            parts.append(f"{title}: {shown}")
-    return "; ".join(parts)
-
-
 MOVED_MODULES = {
     "segexp.backbones.": "segexp.models.backbones.", "segexp.heads.": "segexp.models.heads.",
     "segexp.losses.": "segexp.models.losses.", "segexp.datasets.": "segexp.data.datasets.",

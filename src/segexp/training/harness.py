@@ -29,8 +29,8 @@ from torch.utils.data import DataLoader
 from segexp import atomic
 from segexp.config import ConfigError
 from segexp.environment import environment_facts
-from segexp.tables.store import ERROR_FILE
 from segexp.training.eval_settings import GPU_ACCELERATORS
+from segexp.training.run_files import ERROR_FILE
 
 
 def hydra_job_names(output_dir: Path) -> tuple[str | None, str]:

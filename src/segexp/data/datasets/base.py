@@ -29,7 +29,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-IGNORE_INDEX: int = 255
+from segexp.labels import IGNORE_INDEX
+
 """The single label value ignored by losses and metrics, project-wide."""
 
 log = logging.getLogger(__name__)

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from segexp.data.datasets.base import IGNORE_INDEX
+from segexp.labels import IGNORE_INDEX
 
 
 class BootstrappedCrossEntropy(nn.Module):

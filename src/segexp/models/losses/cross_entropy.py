@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from segexp.data.datasets.base import IGNORE_INDEX
+from segexp.labels import IGNORE_INDEX
 
 
 class CrossEntropy(nn.Module):

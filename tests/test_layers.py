@@ -1,0 +1,37 @@
+"""The package's layers point down (README "Layout"): the import-linter contract of ``.importlinter`` holds.
+
+``cli -> tables -> training -> models | data -> validation -> targets -> config -> atomic | geometry | labels``:
+a module imports only from layers below its own (models and data are independent of each other).
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_the_layering_contract_holds(monkeypatch: pytest.MonkeyPatch) -> None:
+    from importlinter.cli import lint_imports
+
+    monkeypatch.chdir(REPO)
+    assert lint_imports(config_filename=str(REPO / ".importlinter"), no_cache=True, no_logo=True) == 0
+
+
+def test_the_contract_catches_an_upward_import(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same contract over a copy of the package in which a model imports the table runner fails."""
+    from importlinter.cli import lint_imports
+
+    package = tmp_path / "segexp"
+    shutil.copytree(REPO / "src" / "segexp", package, ignore=shutil.ignore_patterns("__pycache__"))
+    losses = package / "models" / "losses" / "cross_entropy.py"
+    losses.write_text(losses.read_text() + "\nfrom segexp.tables import runner  # noqa: E402,F401\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in [m for m in sys.modules if m == "segexp" or m.startswith("segexp.")]:
+        monkeypatch.delitem(sys.modules, name)  # grimp finds the package through the import system
+    assert lint_imports(config_filename=str(REPO / ".importlinter"), no_cache=True, no_logo=True) == 1
