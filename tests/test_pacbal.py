@@ -236,8 +236,8 @@ LABEL_6X6 = torch.tensor([
 ])
 
 # Eq. 1 with f_E convolved (flipped): a pixel is an edge of class i when [label = i] differs from its left or
-# upper neighbour's. Void is no class; the void pixel (5, 2) would be an edge of class 2 (its left neighbour
-# is 2) but void pixels are not edges. (5, 3) is an edge of class 1 only: its left neighbour is void.
+# upper neighbour's. Void is no class: the void pixel (5, 2) is an edge of class 2 (its left and upper
+# neighbours are 2), blurred like any other edge; (5, 3) is an edge of class 1 only (its left neighbour is void).
 E0 = [
     [0, 0, 0, 1, 0, 0],
     [0, 0, 0, 1, 0, 0],
@@ -253,7 +253,7 @@ E2 = [
     [0, 0, 0, 0, 0, 0],
     [1, 1, 1, 1, 0, 0],
     [0, 0, 0, 1, 0, 0],
-    [0, 0, 0, 0, 0, 0],
+    [0, 0, 1, 0, 0, 0],
 ]
 COUNT = [
     [0, 0, 0, 2, 0, 0],
@@ -261,7 +261,7 @@ COUNT = [
     [0, 0, 0, 2, 0, 0],
     [2, 2, 2, 2, 0, 0],
     [0, 0, 0, 2, 0, 0],
-    [0, 0, 0, 1, 0, 0],
+    [0, 0, 1, 1, 0, 0],
 ]
 # linear kernel, size 3 ([[0,.5,0],[.5,1,.5],[0,.5,0]]), down 1, zero padding, + beta 0.5:
 # E_G(y, x) = COUNT(y, x) + 0.5 * (sum of the 4 neighbours' COUNT) + 0.5
@@ -270,8 +270,8 @@ E_G_LINEAR3 = [
     [0.5, 0.5, 1.5, 4.5, 1.5, 0.5],
     [1.5, 1.5, 2.5, 4.5, 1.5, 0.5],
     [3.5, 4.5, 4.5, 5.5, 1.5, 0.5],
-    [1.5, 1.5, 2.5, 4.0, 1.5, 0.5],
-    [0.5, 0.5, 1.0, 2.5, 1.0, 0.5],
+    [1.5, 1.5, 3.0, 4.0, 1.5, 0.5],
+    [0.5, 1.0, 2.0, 3.0, 1.0, 0.5],
 ]
 
 
@@ -368,14 +368,20 @@ def test_bal_without_edges_is_beta_times_cross_entropy() -> None:
         torch.testing.assert_close(loss(logits, target), loss.beta * F.cross_entropy(logits, target))
 
 
-def test_bal_ignored_pixels_are_not_edges_and_carry_no_loss() -> None:
+def test_bal_ignored_pixels_carry_no_loss_but_their_edges_are_blurred() -> None:
     torch.manual_seed(1)
     target = torch.randint(0, 4, (2, 16, 16))
     target[:, 4:9, 3:12] = V
     target[target == 2] = V
     void = target == V
-    assert class_edges(target, 4)[void[:, None].expand(-1, 4, -1, -1)].sum() == 0
-    assert edge_count(target)[:, 0][void].sum() == 0
+    # Eq. 1 on the one-hot label: a void pixel (indicator 0 for every class) is an edge of each class its left
+    # or upper neighbour belongs to (neighbours replicated at the image border)
+    count = edge_count(target)[:, 0]
+    for n, y, x in void.nonzero().tolist():
+        neighbours = {int(target[n, y, max(x - 1, 0)]), int(target[n, max(y - 1, 0), x])} - {V}
+        assert count[n, y, x] == len(neighbours), (n, y, x)
+    assert count[void].sum() > 0
+    torch.testing.assert_close(edge_count(target)[:, 0], class_edges(target, 4).sum(dim=1))
     loss = BoundaryAwareLoss(down=2, size=5)
     logits = torch.randn(2, 4, 16, 16, requires_grad=True)
     value = loss(logits, target)

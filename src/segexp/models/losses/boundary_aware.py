@@ -23,9 +23,13 @@ The defaults are the paper's best setting (Table 1): gaussian kernel, ``down`` 4
 
 Where the paper is silent (choices made here):
 
-* Void (``ignore_index``) pixels belong to no class (their one-hot row is all zero), so a labelled pixel
-  next to void can be an edge of its class; void pixels themselves are never edges (``E_i`` is set to 0
-  there) and carry no loss.
+* Void (``ignore_index``) pixels belong to no class (their one-hot row is all zero). Eq. 1 is applied to that
+  one-hot label as written: where a class meets void, the class's edge falls on the class's own pixel when the
+  void lies to its left or above, and on the void pixel when the void lies to its right or below. Edges on
+  void pixels are blurred like any other edge (Eq. 3), so they weigh the labelled pixels beside them; only the
+  loss is masked on void (Eq. 4 sums over labelled pixels). VOC outlines every object with a band of void: an
+  object's four sides then weigh alike, up to the filter's one-pixel offset (zeroing ``E_i`` on void before the
+  blur, as an earlier version did, kept only the top and left sides of such an object).
 * The image border is not a boundary: the label is padded by replication before Eq. 1.
 * The downsampled grid is ``ceil(H / down) x ceil(W / down)``; downsampling is bilinear with antialiasing
   (``antialias``; a triangle filter of width 2 * down), so every 1-pixel edge contributes; plain bilinear
@@ -34,9 +38,12 @@ Where the paper is silent (choices made here):
   bilinear, ``align_corners=False``. The kernel size is in downsampled pixels (so it covers
   ``size * down`` label pixels) and must be odd.
 * ``E_G`` is computed from the labels the loss receives (the logits' size), in float32, with no gradient.
-* ``E_G`` is not rescaled: with the defaults it averages about 14 over the labelled pixels of CamVid val (max
-  69), so the loss and its gradients are an order of magnitude larger than plain cross-entropy's at the same
-  learning rate. The paper does not say whether it compensated.
+* ``E_G`` is not rescaled: with the defaults it averages about 16 over the labelled pixels of CamVid val (max
+  81) and 4.4 on a 513 x 513 VOC-like label with 5-pixel void outlines, so the loss and its gradients are
+  several times larger than plain cross-entropy's at the same learning rate, and the factor differs between
+  Table 1's settings (0.65 to 7.8 on that label). The paper does not say whether it compensated.
+* Void that pads a training crop is void like any other: the crop's labelled content meets it on all four
+  sides, so the padded border is a boundary there (the image border itself is not, see above).
 
 Fast form: downsampling, blur and upsampling are linear and act on each class map alike, so
 ``sum_i up(f * down(E_i)) = up(f * down(sum_i E_i))``: :func:`edge_count` computes ``sum_i E_i`` (how many
@@ -53,7 +60,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from segexp.data.datasets.base import IGNORE_INDEX
+from segexp.labels import IGNORE_INDEX
 
 EDGE_FILTER = ((1.0, -0.5), (-0.5, 0.0))
 """f_E of Eq. 2."""
@@ -88,30 +95,33 @@ def _shifted(target: Tensor) -> tuple[Tensor, Tensor]:
 
 def class_edges(target: Tensor, num_classes: int, ignore_index: int = IGNORE_INDEX) -> Tensor:
     """Eq. 1 per class: (B, num_classes, H, W) float 0/1 maps ``E_i`` of (B, H, W) labels, by the convolution with
-    f_E on the one-hot label (void in no class; replicate padding; 0 at void pixels)."""
+    f_E on the one-hot label (void in no class, so a void pixel below or right of class i is an edge of i;
+    replicate padding). ``ignore_index`` is the void label."""
     classes = torch.arange(num_classes, device=target.device)
-    one_hot = (target[:, None] == classes[None, :, None, None]).float()  # void rows are all zero
+    labelled = (target != ignore_index)[:, None]
+    one_hot = ((target[:, None] == classes[None, :, None, None]) & labelled).float()  # void rows are all zero
     b, c, h, w = one_hot.shape
     # conv2d correlates: flip f_E to convolve. Output (y, x) sees input rows y-1..y and columns x-1..x.
     flipped = torch.tensor(EDGE_FILTER, device=target.device).flip(0, 1)
     padded = F.pad(one_hot.reshape(b * c, 1, h, w), (1, 0, 1, 0), mode="replicate")
     response = F.conv2d(padded, flipped[None, None]).reshape(b, c, h, w)
-    edges = (response.abs() > 0).float()
-    return edges * (target != ignore_index)[:, None]
+    return (response.abs() > 0).float()
 
 
 def edge_count(target: Tensor, ignore_index: int = IGNORE_INDEX) -> Tensor:
     """``sum_i E_i``: how many classes have an edge at each pixel, (B, 1, H, W) float, without a per-class loop.
 
     With ``a`` the pixel's label and ``b``, ``c`` its left and upper neighbours', the classes whose indicator
-    changes are ``{a, b}`` if a != b and ``{a, c}`` if a != c; void is no class and void pixels are not edges.
+    changes are ``{a, b}`` if a != b and ``{a, c}`` if a != c, less void, which is no class. A void pixel is
+    an edge of its labelled neighbours' classes (Eq. 1 on the one-hot label), as :func:`class_edges`.
     """
     a = target
     b, c = _shifted(target)
     valid_a, valid_b, valid_c = a != ignore_index, b != ignore_index, c != ignore_index
-    count = (a != b) | (a != c)  # class a itself
-    count = count.float() + (valid_b & (a != b)).float() + (valid_c & (a != c) & (b != c)).float()
-    return (count * valid_a)[:, None]
+    own = valid_a & ((a != b) | (a != c))  # class a itself
+    left = valid_b & (a != b)  # class b
+    upper = valid_c & (a != c) & (b != c)  # class c, unless it is b (counted once)
+    return (own.float() + left.float() + upper.float())[:, None]
 
 
 def spread_edges(edges: Tensor, kernel: Tensor, down: int = 1, antialias: bool = True) -> Tensor:
