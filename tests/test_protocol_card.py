@@ -135,7 +135,9 @@ def test_the_report_prints_the_card_and_the_environment_the_runs_ran_with(tmp_pa
     from segexp.tables.report import write_report
     from tests.test_tables import fabricate
 
-    write_spec(tmp_path, CARDED.replace('source: "Sec. 1: fp32"',
+    carded = CARDED.replace("    overrides: ['data.crop_size=[96,96]']\n", "    overrides: ['data.crop_size=[96,96]']\n"
+                            "    protocol: {statements: {crop_choice: 'chosen: a larger crop for this row only'}}\n")
+    write_spec(tmp_path, carded.replace('source: "Sec. 1: fp32"',
                                         'paper: 32-true, source: "chosen: faster"').replace("value: 32-true",
                                                                                              "value: bf16-mixed"))
     spec = load_table("demo.t1", root=tmp_path)
@@ -144,6 +146,7 @@ def test_the_report_prints_the_card_and_the_environment_the_runs_ran_with(tmp_pa
         fabricate(tmp_path / "runs", row, 0, {"mIoU": 0.5, "environment": env})
     md = write_report(spec, load_profile("smoke"), base_dir=tmp_path / "runs", results_dir=tmp_path / "r")["md"]
     text = md.read_text()
+    assert "- **bigger** / **crop_choice**: chosen: a larger crop for this row only\n" in text  # a row's statement
     assert "- environment: numpy 2.4.6, torch 2.13.0\n" in text
     assert "## protocol card" in text
     assert "| precision | `trainer.precision` | bf16-mixed | 32-true | chosen: faster |" in text

@@ -457,6 +457,13 @@ def render_markdown(report: TableReport) -> str:
     return "\n".join(lines) + "\n"
 
 
+def row_statement_lines(spec: TableSpec) -> list[str]:
+    """The statements a row makes for itself (its ``protocol.statements``), under the row's name."""
+    lines = [f"- **{row.name}** / **{name}**: {text}" for row in spec.rows
+             for name, text in (row.protocol.statements if row.protocol else {}).items()]
+    return ["", "Stated by single rows:", *lines] if lines else []
+
+
 def protocol_card_text(spec: TableSpec, profile: Profile) -> list[str]:
     """The table's protocol card (:mod:`segexp.tables.card`): what the ``full`` profile composes, with the source
     of each value, and under another profile what that profile replaces."""
@@ -465,7 +472,7 @@ def protocol_card_text(spec: TableSpec, profile: Profile) -> list[str]:
     lines = ["The paper's protocol as the `full` profile composes it: each value is the paper's (section) or a "
              "stated choice (`chosen:`); *paper* gives the paper's value where the choice deviates from it. "
              f"Per row: `segexp-table plan {spec.id}`.", "", *card_table(spec.protocol.card),
-             *statement_lines(spec.protocol.statements)]
+             *statement_lines(spec.protocol.statements), *row_statement_lines(spec)]
     if profile.overrides or profile.drop:
         replaced = ", ".join(f"`{o}`" for o in profile.overrides) or "nothing"
         dropped = ", ".join(f"`{d}`" for d in profile.drop) or "nothing"
