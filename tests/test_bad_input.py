@@ -349,7 +349,7 @@ def test_skip_bad_samples_does_not_skip_a_bad_split_file(tmp_path: Path) -> None
 def test_skip_bad_samples_from_the_command_line(tmp_path: Path, make_cfg) -> None:
     root = make_camvid(tmp_path, {"train": 3, "val": 2})
     cut_in_half(camvid_files(root)[0])
-    cfg = make_cfg("dataset=camvid", f"dataset.root={root}", "+dataset.skip_bad_samples=true",
+    cfg = make_cfg("dataset=camvid", f"dataset.root={root}", "dataset.skip_bad_samples=true",
                    base=["data.num_workers=0"])
     train = build_datamodule(cfg).split_dataset("train", train=False)
     assert len(train) == 2 and [image for image, _ in train.skipped] == [camvid_files(root)[0]]

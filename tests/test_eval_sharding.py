@@ -62,11 +62,11 @@ def test_val_loaders_of_all_ranks_read_each_image_once(world: int, monkeypatch: 
 
 
 def test_val_limit_keeps_the_first_images_on_any_number_of_processes(monkeypatch: pytest.MonkeyPatch) -> None:
-    datamodule = build_datamodule(compose_config([*ODD_SPLIT, "+data.val_limit=3"]))
+    datamodule = build_datamodule(compose_config([*ODD_SPLIT, "data.val_limit=3"]))
     for world in (1, 2, 3):
         scored = [i for rank in range(world) for i in loader_indices(datamodule, world, rank, monkeypatch)]
         assert sorted(scored) == [0, 1, 2]
-    everything = build_datamodule(compose_config([*ODD_SPLIT, "+data.val_limit=50"]))  # more than the split: all
+    everything = build_datamodule(compose_config([*ODD_SPLIT, "data.val_limit=50"]))  # more than the split: all
     assert sorted(loader_indices(everything, 1, 0, monkeypatch)) == [0, 1, 2, 3, 4]
 
 
@@ -82,11 +82,11 @@ def test_lightning_keeps_the_eval_sampler() -> None:
 
 
 def test_a_process_without_images_is_refused_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
-    datamodule = build_datamodule(compose_config([*ODD_SPLIT, "+data.val_limit=1"]))
+    datamodule = build_datamodule(compose_config([*ODD_SPLIT, "data.val_limit=1"]))
     with pytest.raises(ValueError, match=r"split 'val': 1 image\(s\) to score \(data.val_limit=1\) on 2 processes"):
         loader_indices(datamodule, 2, 0, monkeypatch)
     with pytest.raises(ValueError, match=r"data.val_limit must be >= 1.*got 0"):
-        build_datamodule(compose_config([*ODD_SPLIT, "+data.val_limit=0"]))
+        build_datamodule(compose_config([*ODD_SPLIT, "data.val_limit=0"]))
 
 
 # ------------------------------------------------------------------ confusion matrix over two gloo processes

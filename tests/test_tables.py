@@ -994,3 +994,37 @@ def test_a_copied_spec_outside_experiments_runs_under_its_own_id(tmp_path: Path,
     assert f"deeplabv3.t5_mine [smoke] -> {tmp_path}/out/tables/deeplabv3.t5_mine/smoke" in capsys.readouterr().out
     with pytest.raises(SpecError, match=r"nowhere.yaml: no such spec file"):
         load_table(str(tmp_path / "nowhere.yaml"))
+
+
+def test_a_row_identity_ignores_settings_at_their_declared_default_and_sees_every_other_change() -> None:
+    """A key that conf/ gains with the default that keeps the old behaviour changes no finished row's hash; any
+    value a row runs with that differs, a default changed in conf/, and a value put back to its default do."""
+    import hashlib
+
+    from omegaconf import open_dict
+
+    from segexp.tables.plan import compose, config_hash, legacy_config_hash
+
+    spec = load_table("deeplabv3.t5")
+    cfg = compose(train_overrides(spec, spec.row("mg111"), load_profile("smoke")), 0)
+    without = cfg.copy()
+    with open_dict(without):  # as conf/ was before data.val_limit / normalize_on_device were written into it
+        del without.data["val_limit"], without.data["normalize_on_device"]
+        without.backbone.pop("frozen_bn")  # a constructor parameter left out: its default (False) applies
+    assert config_hash(without) == config_hash(cfg)
+    changed = {"data.val_limit": 8, "model.bn_momentum": 0.1, "backbone.frozen_bn": True, "head.rates": [1, 2, 3],
+               "data.hflip": False, "schedule.lr": 0.5}
+    for key, value in changed.items():
+        other = cfg.copy()
+        OmegaConf.update(other, key, value, force_add=True)
+        assert config_hash(other) != config_hash(cfg), key
+    # a row recorded under the old whole-config hash, before conf/ held the new keys, still matches
+    before = cfg.copy()
+    with open_dict(before):
+        del before.data["val_limit"], before.data["normalize_on_device"]
+    plain = OmegaConf.to_container(before, resolve=True)
+    for key in ("output_dir", "logger", "ckpt_path", "ckpt", "seed", "resume_changes"):
+        plain.pop(key, None)
+    old_hash = hashlib.sha256(json.dumps([plain], sort_keys=True, default=str).encode()).hexdigest()[:16]
+    assert legacy_config_hash(cfg) == old_hash
+    assert config_hash(cfg) != old_hash  # rows written from now on carry the identity hash

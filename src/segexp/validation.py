@@ -81,6 +81,14 @@ def _check_top_level_keys(cfg: DictConfig, known: Sequence[str]) -> None:
                               f"Valid keys: {', '.join(known)}")
 
 
+def declared_defaults(target: Callable[..., Any]) -> dict[str, Any]:
+    """The keyword parameters of ``target`` (a class's constructor) that have a default, with it: what a config
+    node of that target means when it leaves the key out."""
+    params, _, _ = _signature_params(target)
+    return {name: p.default for name, p in params.items()
+            if p.default is not inspect.Parameter.empty and p.kind is not inspect.Parameter.VAR_KEYWORD}
+
+
 def _signature_params(target: Callable[..., Any]) -> tuple[dict[str, inspect.Parameter], bool, dict]:
     fn = target.__init__ if inspect.isclass(target) else target
     params = dict(inspect.signature(fn).parameters)

@@ -27,6 +27,7 @@ from segexp.tables.spec import INIT_KEY, Profile, Protocol, Row, TableSpec, fail
 from segexp.tables.store import TABLE_ROW_FILE
 from segexp.targets import UntrustedTargetError
 from segexp.training.eval_settings import GPU_ACCELERATORS, inference_of_checkpoint
+from segexp.validation import declared_defaults
 
 TRAIN, EVAL = "train", "eval"
 CHECKPOINTS = "checkpoints"
@@ -121,11 +122,68 @@ def compose(overrides: Sequence[str], seed: int, config_name: str = "train") -> 
     return compose_config([*overrides, f"seed={seed}", f"output_dir={HASH_OUTPUT_DIR}"], config_name)
 
 
-def config_hash(cfg: DictConfig, *extra: Any) -> str:
-    """sha256 of the resolved config minus :data:`HASH_EXCLUDED` (plus ``extra`` facts), 16 hex digits."""
+LEGACY_ABSENT = {"data.normalize_on_device": None, "data.val_limit": None, "dataset.skip_bad_samples": False}
+"""Keys that conf/ did not hold before rows were hashed by their identity (2026-12-05), with their defaults: a row
+recorded under the old whole-config hash still matches when they hold these values (:func:`legacy_config_hash`)."""
+
+
+def config_identity(cfg: DictConfig) -> dict[str, Any]:
+    """What identifies the run a config describes: the resolved config minus :data:`HASH_EXCLUDED`, and minus every
+    setting that equals the default its component declares (the constructor's parameter default of a ``_target_``
+    node; :class:`segexp.models.build.ModelOptions` and the data module for ``model`` / ``data``). A key added to
+    conf/ with the default that keeps the old behaviour therefore changes no identity, while any value a row runs
+    with that differs from the default, or a changed default, does."""
+    from segexp.targets import load_target
+    from segexp.training.build import NODE_SCHEMAS
+
     plain = OmegaConf.to_container(cfg, resolve=True)
     for key in HASH_EXCLUDED:
         plain.pop(key, None)
+    for key, schema in NODE_SCHEMAS.items():
+        if isinstance(plain.get(key), dict):
+            plain[key] = _without_defaults(plain[key], declared_defaults(schema))
+    return _strip_target_defaults(plain, load_target)
+
+
+def _strip_target_defaults(node: Any, load: Any) -> Any:
+    if isinstance(node, list):
+        return [_strip_target_defaults(item, load) for item in node]
+    if not isinstance(node, dict):
+        return node
+    children = {key: _strip_target_defaults(value, load) for key, value in node.items()}
+    target = node.get("_target_")
+    if not isinstance(target, str):
+        return children
+    return _without_defaults(children, declared_defaults(load(target, "", None)))
+
+
+def _without_defaults(node: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in node.items()
+            if key not in defaults or _canonical(value) != _canonical(defaults[key])}
+
+
+def _canonical(value: Any) -> Any:
+    """A value as its JSON form (tuples as lists, paths as strings), for comparing a setting with a default."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def config_hash(cfg: DictConfig, *extra: Any) -> str:
+    """sha256 of the config's identity (:func:`config_identity`) plus ``extra`` facts, 16 hex digits: a finished
+    row is rerun only when something it ran with changes."""
+    text = json.dumps([config_identity(cfg), *extra], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def legacy_config_hash(cfg: DictConfig, *extra: Any) -> str:
+    """The whole-config hash rows were recorded with before :func:`config_hash` (minus :data:`HASH_EXCLUDED` and the
+    :data:`LEGACY_ABSENT` keys at their defaults), so that rows finished then are not rerun."""
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    for key in HASH_EXCLUDED:
+        plain.pop(key, None)
+    for dotted, default in LEGACY_ABSENT.items():
+        parent, _, name = dotted.partition(".")
+        if isinstance(plain.get(parent), dict) and name in plain[parent] and plain[parent][name] == default:
+            del plain[parent][name]
     text = json.dumps([plain, *extra], sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -256,6 +314,8 @@ class Job:
     run_dir: Path
     config_hash: str
     warnings: tuple[str, ...] = ()
+    legacy_hash: str | None = None
+    """The hash a row finished before row identities (2026-12-05) was recorded with (:func:`legacy_config_hash`)."""
     own_process: bool = False
     source_dir: Path | None = None
     launcher_overrides: tuple[str, ...] = ()
@@ -306,9 +366,11 @@ def plan_train_job(spec: TableSpec, row: Row, profile: Profile, seed: int, base_
     if profile.check_protocol:
         warnings += protocol_warnings(cfg, spec.protocol_of(row))
     facts = (source.config_hash, record_stamp(source.run_dir)) if source is not None else ()
+    legacy_facts = (source.legacy_hash, record_stamp(source.run_dir)) if source is not None else ()
     card = card_lines(spec, row, cfg, effective_batch(cfg), overrides)
     return Job(row=row, seed=seed, kind=TRAIN, overrides=tuple(overrides), run_dir=base_dir / row.name / f"seed{seed}",
-               config_hash=config_hash(cfg, *facts), warnings=tuple(warnings),
+               config_hash=config_hash(cfg, *facts), legacy_hash=legacy_config_hash(cfg, *legacy_facts),
+               warnings=tuple(warnings),
                own_process=needs_own_process(cfg, launcher), source_dir=source.run_dir if source else None,
                launcher_overrides=launcher_overrides(cfg, launcher), eval_trainer=tuple(source_trainer_overrides(cfg)),
                card=tuple(card), card_problems=tuple(contradictions(card) if profile.check_protocol else ()), cfg=cfg)
@@ -341,6 +403,7 @@ def plan_eval_job(spec: TableSpec, row: Row, profile: Profile, seed: int, base_d
                       eval_cfg=evaluated)
     return Job(row=row, seed=seed, kind=EVAL, overrides=tuple(overrides), run_dir=base_dir / row.name / f"seed{seed}",
                config_hash=config_hash(cfg, source.config_hash, record_stamp(source.run_dir)),
+               legacy_hash=legacy_config_hash(cfg, source.legacy_hash, record_stamp(source.run_dir)),
                warnings=tuple(dropped), source_dir=source.run_dir, launcher_overrides=launcher_overrides(cfg, launcher),
                card=tuple(card), card_problems=tuple(contradictions(card) if profile.check_protocol else ()), cfg=cfg)
 

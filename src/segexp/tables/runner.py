@@ -129,15 +129,22 @@ def job_record(job: Job) -> dict[str, Any]:
     return read_json(job.run_dir / TABLE_ROW_FILE) or {}
 
 
+def same_config(job: Job) -> bool:
+    """The run folder's record was written for this job's config: its identity hash, or the whole-config hash of a
+    row finished before identities (:func:`segexp.tables.plan.legacy_config_hash`)."""
+    recorded = job_record(job).get("config_hash")
+    return recorded is not None and recorded in (job.config_hash, job.legacy_hash)
+
+
 def is_done(job: Job) -> bool:
-    """metrics.json exists and was produced under this job's config hash."""
-    return (job.run_dir / METRICS_FILE).is_file() and job_record(job).get("config_hash") == job.config_hash
+    """metrics.json exists and was produced under this job's config."""
+    return (job.run_dir / METRICS_FILE).is_file() and same_config(job)
 
 
 def can_resume(job: Job) -> bool:
     """A killed or pre-empted training row of the same config with a checkpoint continues from the newest
     intact one (``ckpt_path=last``, :func:`segexp.training.checkpoints.newest_intact_checkpoint`)."""
-    if job.kind != TRAIN or job_record(job).get("config_hash") != job.config_hash:
+    if job.kind != TRAIN or not same_config(job):
         return False
     error = (read_json(job.run_dir / ERROR_FILE) or {}).get("error")
     return bool(checkpoint_candidates(job.run_dir)) and (error is None or error.startswith(RESUMABLE_ERRORS))

@@ -21,12 +21,15 @@ from segexp.training.checkpoints import checkpoint_model_weights
 from segexp.training.module import SegmentationModule
 from segexp.validation import config_top_level_keys, validate_config
 
+NODE_SCHEMAS = {"data": SegmentationDataModule, "model": ModelOptions}
+"""Top-level nodes without a ``_target_`` and the callable each one feeds (their keys are its parameters)."""
+
 
 def validate(cfg: DictConfig, origin: TargetOrigin | None = None) -> None:
     """Fail before training on unknown keys, wrongly typed values or ``_target_`` values outside the allowed
     packages (see :mod:`segexp.config`; ``origin``: where a refused target came from, by default the override or
     file of the last Hydra composition)."""
-    validate_config(cfg, {"data": SegmentationDataModule, "model": ModelOptions}, builder_keys=BUILDER_KEYS,
+    validate_config(cfg, NODE_SCHEMAS, builder_keys=BUILDER_KEYS,
                     origin=origin, top_level_keys=config_top_level_keys("train"))
 
 
