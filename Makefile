@@ -61,8 +61,9 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(BIN)/pytest -q -m slow $(ARGS)
 
+# albumentations checks for updates when it is imported (at collection): GPU machines here have no network.
 test-gpu: $(STAMP)
-	$(BIN)/pytest -q -m gpu -rs $(ARGS)
+	NO_ALBUMENTATIONS_UPDATE=1 WANDB_MODE=offline $(BIN)/pytest -q -m gpu -rs $(ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python -m segexp.cli.bench $(ARGS)

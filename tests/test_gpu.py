@@ -4,8 +4,13 @@
 - ``trainer=gpu``: a short run writes metrics and checkpoints, and a run killed mid-way and resumed from
   ``last.ckpt`` ends where the uninterrupted run ends;
 - DDP (strategy ``ddp``) in one CUDA process; SyncBN conversion under DDP and the one-device fallback;
-- ``model.compile=true`` trains and leaves checkpoint keys unchanged;
-- the ``full`` profile of one DeepLabv3 row, a few steps on a fixture VOC-aug tree with fixture ImageNet weights.
+- ``model.compile=true`` trains and leaves checkpoint keys unchanged (``slow``);
+- the ``full`` profile of one DeepLabv3 row, a few steps on a fixture VOC-aug tree with fixture ImageNet weights
+  (``slow``).
+
+``scripts/device_check.sh`` runs the fast ones first (stage ``tests``: ``-m "gpu and not slow"``) and the two
+``slow`` ones last (stage ``slow``). Every test runs with :data:`OFFLINE_ENV` set, so that no process it starts
+(training runs, loader workers) waits for a network; the script sets the same for the pytest process itself.
 """
 
 from __future__ import annotations
@@ -35,6 +40,17 @@ pytestmark = [
 ]
 
 GPU_RUN = ["trainer=gpu", "data.num_workers=2"]
+
+OFFLINE_ENV = {"NO_ALBUMENTATIONS_UPDATE": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true",
+               "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+"""What keeps the processes of a CUDA test off the network (albumentations asks PyPI for a newer release on
+import); scripts/device_stages.py's OFFLINE_ENV holds the same and more (tests/test_device_scripts.py checks)."""
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key, value in OFFLINE_ENV.items():
+        monkeypatch.setenv(key, value)
 
 
 def relative_error(value: torch.Tensor, reference: torch.Tensor) -> float:
@@ -139,6 +155,7 @@ def test_syncbn_conversion_under_ddp_trains_on_cuda(make_cfg) -> None:
     assert all(int(m.num_batches_tracked) == 2 for m in norms)
 
 
+@pytest.mark.slow
 def test_compiled_model_trains_and_keeps_checkpoint_keys(make_cfg) -> None:
     plain = make_cfg(*GPU_RUN, "trainer.max_steps=2", "trainer.val_check_interval=2")
     compiled = make_cfg(*GPU_RUN, "trainer.max_steps=2", "trainer.val_check_interval=2", "model.compile=true")
@@ -164,6 +181,7 @@ def write_fixture_voc_aug(data_dir: Path) -> None:
     torch.save(state, data_dir / "pretrained" / "resnet101.pth")
 
 
+@pytest.mark.slow
 def test_full_profile_row_runs_a_few_steps_on_the_gpu(tmp_path: Path) -> None:
     from segexp.tables.runner import run_table
     from segexp.tables.spec import load_profile, load_table

@@ -27,6 +27,15 @@ pytestmark = [
 CHANNELS = 5
 
 
+@pytest.fixture(autouse=True)
+def offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The spawned ranks inherit these: nothing they import waits for a network (as in tests/test_gpu.py)."""
+    from tests.test_gpu import OFFLINE_ENV
+
+    for key, value in OFFLINE_ENV.items():
+        monkeypatch.setenv(key, value)
+
+
 def full_batch() -> torch.Tensor:
     generator = torch.Generator().manual_seed(0)
     return torch.randn(8, CHANNELS, 6, 7, generator=generator) * 3.0 + torch.arange(CHANNELS).view(1, -1, 1, 1)

@@ -1,10 +1,15 @@
 """``make bench``: training throughput, peak memory and framework overhead; on a GPU also MFU, inference
 and data-loading rates.
 
-Training: the same model, loss, poly-scheduled SGD and in-memory batches are timed twice, through segexp's
-Lightning module and Trainer and in a bare PyTorch loop (the same autocast precision and memory format);
-the ratio of the median step times is the framework's overhead. Each measurement runs in its own process,
-so its peak memory is its own.
+Training: the same model, loss, poly-scheduled SGD and batches are timed twice, through segexp's Lightning
+module and Trainer and in a bare PyTorch loop (the same autocast precision and memory format); the ratio of
+the median step times is the framework's overhead. The step is timed apart from data preparation: the
+batches (normalised float32 images, int64 labels, as the loader and the after-transfer hook deliver them)
+are made and moved to the device before the clock starts, so no collation, pinning or host-to-device copy is
+in a step, and the loader is timed on its own. Step boundaries are CUDA events recorded in the stream and
+read once after the run (on a CPU, host timestamps), so timing adds no host-device synchronisation of its
+own. On a CPU each measurement runs in its own process, so its peak (resident) memory is its own; on a GPU
+they share one process (one start-up, CUDA context and cuDNN autotuning) and the peak is reset between them.
 
 On a CPU (no CUDA): DeepLabv3-ResNet50, OS 16, 321x321 crops, batch 4, fp32 -- the figure the README
 tracks for laptops and CI machines.
@@ -13,25 +18,36 @@ On a GPU, the DeepLabv3-ResNet101 protocol of the papers (VOC, 21 classes, 512x5
 precision (fp16 where bf16 is unsupported), channels_last, cuDNN benchmark:
 
 - training at OS 16 (batch 16) and OS 8 (batch 8): images/s, peak memory, achieved TFLOP/s and MFU. Model
-  FLOPs per training image are counted once with torch's FLOP counter on a forward pass (one multiply-add
-  = 2 FLOPs), x3 for forward + backward; MFU is achieved FLOP/s over the device's dense bf16 peak, which
-  is measured in the same run as the median rate of a large random bf16 matrix product;
+  FLOPs per training image are counted with torch's FLOP counter on a forward pass over meta tensors (one
+  multiply-add = 2 FLOPs), x3 for forward + backward; ``--write-flops`` counts them beforehand on any
+  machine, and ``--flops`` reads them back (used while the model sources are unchanged), so a lent GPU
+  spends no time on it. MFU is achieved FLOP/s over two peaks: the median rate of a large random bf16 matrix
+  product measured in the same run (``mfu``), and the datasheet's dense bf16 rate (``mfu_datasheet``; 989
+  TFLOP/s for H100/H200 SXM). ``--compare-layouts`` also times both modes with contiguous (NCHW) tensors;
 - inference (batch 1, OS 8, 19 Cityscapes classes): images/s whole at 512x1024, and sliding 512x1024
   windows (stride 341x683, 3x3 windows) over 1024x2048 images, the Cityscapes protocol of mmsegmentation;
 - the data loader alone: samples/s of segexp's training pipeline (decode, random scale 0.5-2, pad,
   crop 512x512 as the training figures, flip, normalise, collate, pin) over JPEG/PNG pairs of Cityscapes
-  size that the benchmark writes itself, with as many workers as CPU cores: does loading keep up? Timed
-  twice: batches as float32 images + int64 labels, and as uint8 (``data.normalize_on_device``).
+  size that the benchmark writes itself, with as many workers as CPU cores and epochs long enough that every
+  worker is busy (4 batches per worker): does loading keep up? Timed twice: batches as float32 images + int64
+  labels, and as uint8 (``data.normalize_on_device``).
 
-Figures are printed and written to ``--json`` (default ``outputs/bench/bench-<device>.json``).
+``--parts`` picks among training, inference and loader. Figures are printed and written to ``--json``
+(default ``outputs/bench/bench-<device>.json``), on a GPU after every measurement (``"complete": false``
+until the last), so a run cut short keeps what it measured. ``--plan`` prints what the GPU suite would
+measure and where its FLOPs come from, without a GPU.
 
     python -m segexp.cli.bench [--steps N] [--warmup N] [--json PATH]            # the suite for this device
+    python -m segexp.cli.bench --parts training --only-os 16 --compare-layouts   # scripts/device_check.sh
+    python -m segexp.cli.bench --write-flops PATH                                 # FLOPs beforehand (no GPU)
     python -m segexp.cli.bench --batch 4 --crop 321 --precision 32-true          # CPU-style single comparison
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
+import hashlib
 import json
 import os
 import resource
@@ -40,21 +56,32 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch import Tensor
+from torch.utils.data import Dataset
 from torch.utils.flop_counter import FlopCounterMode
 
 from segexp import atomic
-from segexp.config import REPO_ROOT, SOURCE_CHECKOUT, compose_config, gpu_mixed_precision
+from segexp.config import CONF_DIR, REPO_ROOT, SOURCE_CHECKOUT, compose_config, gpu_mixed_precision
 from segexp.training.build import build_datamodule, build_module
 
 MMSEG_V100_FPS = 1.92
 """mmsegmentation's published inference rate of DeepLabV3-R101-D8 on Cityscapes (V100, fp32, 1024x2048)."""
+
+DATASHEET_BF16_TFLOPS = (("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H200 NVL", 835.0), ("H100", 989.0),
+                         ("H200", 989.0))
+"""Dense (no sparsity) bf16 tensor-core rates of NVIDIA's datasheets, by a part of the device name (first match)."""
+
+PARTS = ("training", "inference", "loader")
+GPU_TRAINING = ((16, 16), (8, 8))
+"""(output stride, batch) of the GPU suite's training measurements."""
+FLOPS_CONFIGS = tuple((101, output_stride, 512, 512, "voc") for output_stride, _ in GPU_TRAINING)
+"""(depth, output stride, height, width, dataset) of the forward FLOP counts the GPU suite needs."""
 
 
 class FixedBatches(Dataset):
@@ -72,13 +99,70 @@ class FixedBatches(Dataset):
         return {"image": self.images[i], "label": self.labels[i]}
 
 
+def bench_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def staged_batches(batch: int, crop: int, num_classes: int, steps: int, device: torch.device,
+                   distinct: int = 2) -> list[dict[str, Tensor]]:
+    """``steps`` training batches already on ``device``: ``distinct`` different ones (random, never zeros),
+    reused in turn. Normalised float32 images and int64 labels, what a step receives after the loader and the
+    after-transfer hook, so a timed step holds the model step alone."""
+    generator = torch.Generator().manual_seed(0)
+    made = [{"image": torch.randn(batch, 3, crop, crop, generator=generator).to(device),
+             "label": torch.randint(0, num_classes, (batch, crop, crop), generator=generator).to(device)}
+            for _ in range(distinct)]
+    return [made[i % distinct] for i in range(steps)]
+
+
+class StagedLoader:
+    """Staged batches as one iterable for a Lightning Trainer (a plain list would read as several loaders)."""
+
+    def __init__(self, batches: list[dict[str, Tensor]]) -> None:
+        self.batches = batches
+
+    def __iter__(self) -> Any:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+class StepClock:
+    """Step boundaries that do not wait for the device: CUDA events recorded in the stream and read once after
+    the run; on a CPU, where an operation has finished when it returns, host timestamps."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.marks: list[Any] = []
+
+    def mark(self) -> None:
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            self.marks.append(event)
+        else:
+            self.marks.append(time.perf_counter())
+
+    def intervals(self) -> list[float]:
+        """Seconds between consecutive marks."""
+        if self.cuda:
+            torch.cuda.synchronize()
+            return [a.elapsed_time(b) / 1000 for a, b in zip(self.marks, self.marks[1:])]
+        return [b - a for a, b in zip(self.marks, self.marks[1:])]
+
+
 class StepTimer(pl.Callback):
-    def __init__(self) -> None:
-        self.stamps: list[float] = []
+    """Marks ``clock`` when training starts and after every optimizer step."""
+
+    def __init__(self, clock: StepClock) -> None:
+        self.clock = clock
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.clock.mark()
 
     def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
-        _sync()
-        self.stamps.append(time.perf_counter())
+        self.clock.mark()
 
 
 def _sync() -> None:
@@ -86,16 +170,22 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
-def _peak_memory_mb() -> float:
+def _peak_memory_mb(base_bytes: int = 0) -> float:
+    """Peak memory since :func:`_reset_peak`: on CUDA, allocated above ``base_bytes`` (what was allocated before
+    the measurement); on a CPU, the process's peak resident memory."""
     if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**20
+        return (torch.cuda.max_memory_allocated() - base_bytes) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def _reset_peak() -> None:
+def _reset_peak() -> int:
+    """Free what earlier measurements left and restart the CUDA peak; the bytes still allocated (0 on a CPU)."""
+    gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
+        return torch.cuda.memory_allocated()
+    return 0
 
 
 def model_overrides(depth: int, output_stride: int, dataset: str = "voc") -> list[str]:
@@ -103,7 +193,8 @@ def model_overrides(depth: int, output_stride: int, dataset: str = "voc") -> lis
             f"dataset={dataset}", "logger=csv"]
 
 
-def build(args: argparse.Namespace) -> tuple[Any, DataLoader]:
+def build(args: argparse.Namespace) -> tuple[Any, list[dict[str, Tensor]]]:
+    """The module of the configuration in ``args`` and its ``warmup + steps`` batches, staged on the device."""
     cfg = compose_config([
         *model_overrides(args.depth, args.output_stride), f"data.crop_size=[{args.crop},{args.crop}]",
         f"data.batch_size={args.batch}", f"trainer.max_steps={args.steps + args.warmup}",
@@ -111,25 +202,23 @@ def build(args: argparse.Namespace) -> tuple[Any, DataLoader]:
     ])
     datamodule = build_datamodule(cfg)
     module = build_module(cfg, datamodule)
-    data = FixedBatches(args.batch * 2, args.crop, datamodule.num_classes)
-    return module, DataLoader(data, batch_size=args.batch, shuffle=False, num_workers=0,
-                             pin_memory=torch.cuda.is_available())
+    batches = staged_batches(args.batch, args.crop, datamodule.num_classes, args.steps + args.warmup,
+                             bench_device())
+    return module, batches
 
 
 def time_framework(args: argparse.Namespace) -> list[float]:
-    module, loader = build(args)
-    timer = StepTimer()
+    """Step times through segexp's module and a Lightning Trainer (no logger, checkpoints or validation)."""
+    module, batches = build(args)
+    clock = StepClock(bench_device())
     trainer = pl.Trainer(
         accelerator="auto", devices=1, max_steps=args.steps + args.warmup, max_epochs=-1,
         precision=args.precision, benchmark=torch.cuda.is_available() or None, logger=False,
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        limit_val_batches=0, callbacks=[timer],
+        limit_val_batches=0, callbacks=[StepTimer(clock)],
     )
-    _sync()
-    start = time.perf_counter()
-    trainer.fit(module, train_dataloaders=loader)
-    stamps = [start, *timer.stamps]
-    return [b - a for a, b in zip(stamps, stamps[1:])]
+    trainer.fit(module, train_dataloaders=StagedLoader(batches))
+    return clock.intervals()
 
 
 def autocast_dtype(precision: str) -> torch.dtype | None:
@@ -138,9 +227,9 @@ def autocast_dtype(precision: str) -> torch.dtype | None:
 
 def time_bare(args: argparse.Namespace) -> list[float]:
     """The same training step written as a plain PyTorch loop: the floor segexp is compared with."""
-    module, loader = build(args)
+    module, batches = build(args)
     steps = args.steps + args.warmup
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = bench_device()
     torch.backends.cudnn.benchmark = device.type == "cuda"
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     model, loss_fn = module.model.to(device, memory_format=memory_format).train(), module.loss.to(device)
@@ -152,42 +241,45 @@ def time_bare(args: argparse.Namespace) -> list[float]:
     dtype = autocast_dtype(args.precision)
     autocast = torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
     scaler = torch.amp.GradScaler(enabled=args.precision == "16-mixed")
-    times: list[float] = []
-    _sync()
-    last = time.perf_counter()
-    while len(times) < steps:
-        for batch_data in loader:
-            images = batch_data["image"].to(device, non_blocking=True).contiguous(memory_format=memory_format)
-            labels = batch_data["label"].to(device, non_blocking=True)
-            with autocast:
-                logits = model.forward_raw(images)["out"]
-                loss = loss_fn(model.upsample(logits, tuple(labels.shape[-2:])), labels)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            _sync()
-            now = time.perf_counter()
-            times.append(now - last)
-            last = now
-            if len(times) == steps:
-                break
-    return times
+    clock = StepClock(device)
+    clock.mark()
+    for batch_data in batches:
+        images = batch_data["image"].contiguous(memory_format=memory_format)
+        labels = batch_data["label"]
+        with autocast:
+            logits = model.forward_raw(images)["out"]
+            loss = loss_fn(model.upsample(logits, tuple(labels.shape[-2:])), labels)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        clock.mark()
+    return clock.intervals()
 
 
 MODES: dict[str, Callable[[argparse.Namespace], list[float]]] = {"bare": time_bare, "segexp": time_framework}
 
 
-def run_mode(args: argparse.Namespace) -> None:
-    """One measurement in this process; prints a JSON line for the parent."""
-    _reset_peak()
+def step_statistics(times: Sequence[float]) -> dict[str, float]:
+    """Median step time and the 10th/90th percentiles (the spread a difference must exceed to be real)."""
+    median = statistics.median(times)
+    low, high = (statistics.quantiles(times, n=10)[i] for i in (0, 8)) if len(times) > 1 else (median, median)
+    return {"median_s": median, "p10_s": low, "p90_s": high}
+
+
+def run_mode(args: argparse.Namespace) -> dict[str, float]:
+    """One measurement in this process: step statistics after the warm-up and peak memory."""
+    base = _reset_peak()
     times = MODES[args.only](args)[args.warmup :]
-    print(json.dumps({"median_s": statistics.median(times), "peak_mb": _peak_memory_mb()}))
+    return {**step_statistics(times), "peak_mb": _peak_memory_mb(base)}
 
 
 def measure(mode: str, argv: list[str]) -> dict[str, float]:
-    """Run one mode in a fresh process so peak memory is that mode's alone."""
+    """One mode's measurement: in this process on CUDA (start-up, CUDA context and cuDNN autotuning paid once;
+    the peak is reset between measurements), in a fresh process on a CPU (a process's peak only grows)."""
+    if torch.cuda.is_available():
+        return run_mode(parse_args(["--only", mode, *argv]))
     out = subprocess.run(
         [sys.executable, "-m", "segexp.cli.bench", "--only", mode, *argv], capture_output=True, text=True
     )
@@ -210,10 +302,73 @@ def compare_training(argv: list[str], batch: int) -> dict[str, Any]:
         res = measure(mode, argv)
         result[mode] = {"median_step_ms": res["median_s"] * 1000, "images_per_s": batch / res["median_s"],
                         "peak_memory_mb": res["peak_mb"]}
-        print(f"  {label:13s} median step {res['median_s'] * 1000:8.1f} ms | "
+        if "p10_s" in res:
+            result[mode].update(p10_step_ms=res["p10_s"] * 1000, p90_step_ms=res["p90_s"] * 1000)
+        spread = f" (p10-p90 {res['p10_s'] * 1000:.1f}-{res['p90_s'] * 1000:.1f})" if "p10_s" in res else ""
+        print(f"  {label:13s} median step {res['median_s'] * 1000:8.1f} ms{spread} | "
               f"{batch / res['median_s']:7.2f} images/s | peak memory {res['peak_mb']:8.0f} MB", flush=True)
     result["segexp_over_bare"] = result["segexp"]["median_step_ms"] / result["bare"]["median_step_ms"]
     return result
+
+
+# ------------------------------------------------------------------------------------------- FLOP counts
+def forward_flops(depth: int, output_stride: int, height: int, width: int, dataset: str = "voc") -> int:
+    """FLOPs of one forward pass of one image (torch's FLOP counter; a multiply-add is 2 FLOPs)."""
+    cfg = compose_config(model_overrides(depth, output_stride, dataset))
+    model = build_module(cfg, build_datamodule(cfg)).model.eval().to("meta")  # shapes only: no arithmetic
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.zeros(1, 3, height, width, device="meta"))
+    return int(counter.get_total_flops())
+
+
+def flops_key(depth: int, output_stride: int, height: int, width: int, dataset: str = "voc") -> str:
+    return f"resnet{depth}-os{output_stride}-{dataset}-{height}x{width}"
+
+
+def model_fingerprint() -> str:
+    """sha256 of what a forward FLOP count depends on: the model code, the configs and this file."""
+    models = Path(__file__).resolve().parents[1] / "models"
+    paths = sorted(models.rglob("*.py")) + sorted(Path(CONF_DIR).rglob("*.yaml")) + [Path(__file__).resolve()]
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def write_flops(path: Path, configs: Sequence[tuple[int, int, int, int, str]] = FLOPS_CONFIGS) -> dict[str, Any]:
+    """Count the forward FLOPs of ``configs`` here (meta tensors: no GPU, about a second each) into ``path``."""
+    table = {"fingerprint": model_fingerprint(), "torch": torch.__version__,
+             "forward_flops": {flops_key(*config): forward_flops(*config) for config in configs}}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic.write_json(path, table)
+    return table
+
+
+class Flops:
+    """Forward FLOPs per image: from a file of :func:`write_flops` when it was written for these model sources
+    (its fingerprint), else counted here. ``source`` says which."""
+
+    def __init__(self, path: Path | None = None) -> None:
+        self.known: dict[str, int] = {}
+        self.source = "counted here (no --flops file)"
+        if path is None:
+            return
+        try:
+            table = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as err:
+            self.source = f"counted here ({path} unreadable: {err})"
+            return
+        if table.get("fingerprint") != model_fingerprint():
+            self.source = f"counted here ({path} was written for other model sources)"
+            return
+        self.known = {key: int(value) for key, value in table["forward_flops"].items()}
+        self.source = f"from {path}"
+
+    def forward(self, depth: int, output_stride: int, height: int, width: int, dataset: str = "voc") -> int:
+        key = flops_key(depth, output_stride, height, width, dataset)
+        if key in self.known:
+            return self.known[key]
+        return forward_flops(depth, output_stride, height, width, dataset)
 
 
 # ------------------------------------------------------------------------------------------- GPU suite
@@ -234,13 +389,9 @@ def bf16_peak_tflops(size: int = 8192, repeats: int = 20) -> float:
     return 2 * size**3 / statistics.median(times) / 1e12
 
 
-def forward_flops(depth: int, output_stride: int, height: int, width: int, dataset: str = "voc") -> int:
-    """FLOPs of one forward pass of one image (torch's FLOP counter; a multiply-add is 2 FLOPs)."""
-    cfg = compose_config(model_overrides(depth, output_stride, dataset))
-    model = build_module(cfg, build_datamodule(cfg)).model.eval().to("meta")  # shapes only: no arithmetic
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(torch.zeros(1, 3, height, width, device="meta"))
-    return int(counter.get_total_flops())
+def datasheet_bf16_tflops(device_name: str) -> float | None:
+    """The datasheet's dense bf16 rate of ``device_name`` (:data:`DATASHEET_BF16_TFLOPS`), None if unknown."""
+    return next((rate for part, rate in DATASHEET_BF16_TFLOPS if part in device_name), None)
 
 
 def inference_rate(depth: int, output_stride: int, size: tuple[int, int], slide: bool, repeats: int,
@@ -268,8 +419,10 @@ def inference_rate(depth: int, output_stride: int, size: tuple[int, int], slide:
     return repeats / (time.perf_counter() - start)
 
 
-def write_cityscapes_size_pairs(root: Path, count: int, seed: int = 0) -> None:
-    """``count`` smooth synthetic 1024x2048 scenes as JPEG images + PNG labels in CamVid's list layout.
+def write_cityscapes_size_pairs(root: Path, count: int, seed: int = 0, listed: int | None = None) -> None:
+    """``count`` smooth synthetic 1024x2048 scenes as JPEG images + PNG labels in CamVid's list layout; the
+    split file lists ``listed`` samples (default ``count``): the scenes in turn, under names of their own (hard
+    links; a split file lists every sample once).
 
     Written with PIL, not OpenCV: OpenCV's thread pool in the parent can deadlock forked loader workers.
     """
@@ -279,7 +432,6 @@ def write_cityscapes_size_pairs(root: Path, count: int, seed: int = 0) -> None:
     rng = np.random.default_rng(seed)
     (root / "train").mkdir(parents=True)
     (root / "trainannot").mkdir()
-    lines = []
     for i in range(count):
         coarse = Image.fromarray(rng.integers(0, 256, (16, 32, 3), dtype=np.uint8))
         image = np.asarray(coarse.resize((2048, 1024), Image.Resampling.BICUBIC), dtype=np.int16)
@@ -287,20 +439,26 @@ def write_cityscapes_size_pairs(root: Path, count: int, seed: int = 0) -> None:
         label = Image.fromarray(rng.integers(0, 11, (8, 16), dtype=np.uint8)).resize((2048, 1024), Image.NEAREST)
         Image.fromarray(image).save(root / "train" / f"{i:04d}.jpg", quality=90)
         label.save(root / "trainannot" / f"{i:04d}.png")
-        lines.append(f"/x/train/{i:04d}.jpg /x/trainannot/{i:04d}.png")
+    for i in range(count, listed or count):
+        for folder, suffix in (("train", "jpg"), ("trainannot", "png")):
+            os.link(root / folder / f"{i % count:04d}.{suffix}", root / folder / f"{i:04d}.{suffix}")
+    lines = [f"/x/train/{i:04d}.jpg /x/trainannot/{i:04d}.png" for i in range(listed or count)]
     (root / "train.txt").write_text("\n".join(lines) + "\n")
 
 
 def loader_rate(workers: int, normalize_on_device: bool = False, crop: int = 512, batch: int = 16,
-                images: int = 96, epochs: int = 3) -> float:
+                images: int | None = None, epochs: int = 3, files: int = 32) -> float:
     """Samples/s of segexp's training loader (``crop`` squares, as the training figures) on Cityscapes-size
     files, batches as float32 images + int64 labels or (``normalize_on_device``) as uint8; the first epoch
-    (worker start-up) is not counted."""
+    (worker start-up) is not counted. An epoch holds ``images`` samples, by default 4 batches per worker (at
+    least 96), so that every worker is busy; they are ``files`` distinct pairs listed in turn (decoding costs
+    the same each time, and writing thousands of such files would cost more than the measurement)."""
+    images = images or max(96, 4 * batch * max(1, workers))
     with tempfile.TemporaryDirectory() as tmp:
-        write_cityscapes_size_pairs(Path(tmp), images)
+        write_cityscapes_size_pairs(Path(tmp), min(files, images), listed=images)
         cfg = compose_config(["dataset=camvid", f"dataset.root={tmp}", f"data.crop_size=[{crop},{crop}]",
                               f"data.batch_size={batch}", f"data.num_workers={workers}",
-                              "data.scale_range=[0.5,2.0]", f"+data.normalize_on_device={normalize_on_device}"])
+                              "data.scale_range=[0.5,2.0]", f"data.normalize_on_device={normalize_on_device}"])
         loader = build_datamodule(cfg).train_dataloader()
         counted, start = 0, 0.0
         for epoch in range(epochs):
@@ -312,44 +470,99 @@ def loader_rate(workers: int, normalize_on_device: bool = False, crop: int = 512
         return counted / (time.perf_counter() - start)
 
 
-def gpu_suite(args: argparse.Namespace) -> dict[str, Any]:
+def training_configs(args: argparse.Namespace) -> list[tuple[int, int]]:
+    """(output stride, batch) of the GPU suite's training measurements that ``--only-os`` keeps."""
+    return [(os_, batch) for os_, batch in GPU_TRAINING if not args.only_os or os_ in args.only_os]
+
+
+def training_mfu(result: dict[str, Any], flops: int, peak: float, datasheet: float | None) -> None:
+    """Add achieved TFLOP/s (forward FLOPs x3 for the backward pass, segexp's rate) and MFU over both peaks."""
+    achieved = 3 * flops * result["segexp"]["images_per_s"] / 1e12
+    result.update(achieved_tflops=achieved, mfu=achieved / peak,
+                  mfu_datasheet=achieved / datasheet if datasheet else None)
+
+
+def gpu_suite(args: argparse.Namespace, emit: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """The GPU figures of ``args.parts``; ``emit`` receives the report after every measurement."""
+    emit = emit or (lambda report: None)
     precision = gpu_mixed_precision() if args.precision == "auto" else args.precision
     device = torch.cuda.get_device_name()
+    parts = args.parts or PARTS
     print(f"segexp GPU benchmark on {device} ({precision}, channels_last, cuDNN benchmark), "
           f"torch {torch.__version__}", flush=True)
-    peak = bf16_peak_tflops()
-    print(f"dense bf16 matrix product (8192^3, random): {peak:.0f} TFLOP/s (the MFU denominator)", flush=True)
+    datasheet = datasheet_bf16_tflops(device)
     report: dict[str, Any] = {"device": device, "torch": torch.__version__, "precision": precision,
-                              "bf16_peak_tflops": peak, "date": time.strftime("%Y-%m-%d"), "training": {},
-                              "inference": {}}
-    for output_stride, batch in ((16, 16), (8, 8)):
-        if args.only_os and output_stride not in args.only_os:
-            continue
-        flops = forward_flops(101, output_stride, 512, 512)
-        print(f"DeepLabv3-ResNet101 OS {output_stride}, 512x512, batch {batch}: "
-              f"{flops / 1e9:.1f} GFLOPs forward per image", flush=True)
-        argv = train_argv(args, batch=batch, crop=512, precision=precision, depth=101, output_stride=output_stride)
-        result = compare_training(argv, batch)
-        rate = result["segexp"]["images_per_s"]
-        result.update(batch=batch, crop=512, forward_gflops_per_image=flops / 1e9,
-                      achieved_tflops=3 * flops * rate / 1e12, mfu=3 * flops * rate / 1e12 / peak)
-        print(f"  achieved {result['achieved_tflops']:.0f} TFLOP/s = MFU {result['mfu']:.1%}; "
-              f"segexp / bare step time {result['segexp_over_bare']:.3f}", flush=True)
-        report["training"][f"os{output_stride}"] = result
-    for name, size, slide in (("whole_512x1024", (512, 1024), False), ("slide_1024x2048", (1024, 2048), True)):
-        rate = inference_rate(101, 8, size, slide, repeats=args.steps)
-        report["inference"][name] = {"images_per_s": rate, "output_stride": 8, "batch": 1}
-        print(f"inference DeepLabv3-R101 OS 8, {name.replace('_', ' ')}, batch 1: {rate:.1f} images/s "
-              f"({rate / MMSEG_V100_FPS:.1f}x mmseg's V100 fp32 {MMSEG_V100_FPS} fps)", flush=True)
-    workers = args.loader_workers or os.cpu_count() or 1
-    rates = {name: loader_rate(workers, normalize_on_device=name == "uint8") for name in ("float32", "uint8")}
-    report["loader"] = {"workers": workers, "samples_per_s": rates, "crop": [512, 512],
-                        "source": "1024x2048 JPEG + PNG label pairs"}
-    need = report["training"].get("os16", {}).get("segexp", {}).get("images_per_s")
-    verdict = f" (training at OS 16 consumes {need:.0f}/s)" if need else ""
-    print(f"data loader, {workers} workers, 1024x2048 JPEG/PNG -> 512x512 crops: {rates['float32']:.0f} samples/s "
-          f"as float32, {rates['uint8']:.0f} as uint8 (data.normalize_on_device){verdict}", flush=True)
+                              "date": time.strftime("%Y-%m-%d"), "datasheet_bf16_tflops": datasheet,
+                              "complete": False, "training": {}, "inference": {}}
+    if "training" in parts:
+        peak = bf16_peak_tflops()
+        report["bf16_peak_tflops"] = peak
+        print(f"dense bf16 matrix product (8192^3, random): {peak:.0f} TFLOP/s (an MFU denominator; datasheet: "
+              f"{datasheet or 'unknown'})", flush=True)
+        flops_table = Flops(args.flops)
+        for output_stride, batch in training_configs(args):
+            flops = flops_table.forward(101, output_stride, 512, 512)
+            print(f"DeepLabv3-ResNet101 OS {output_stride}, 512x512, batch {batch}: "
+                  f"{flops / 1e9:.1f} GFLOPs forward per image ({flops_table.source})", flush=True)
+            argv = train_argv(args, batch=batch, crop=512, precision=precision, depth=101,
+                              output_stride=output_stride)
+            result = compare_training(argv, batch)
+            result.update(batch=batch, crop=512, forward_gflops_per_image=flops / 1e9)
+            training_mfu(result, flops, peak, datasheet)
+            sheet = f", {result['mfu_datasheet']:.1%} of the datasheet's" if datasheet else ""
+            print(f"  achieved {result['achieved_tflops']:.0f} TFLOP/s = MFU {result['mfu']:.1%} of the measured "
+                  f"peak{sheet}; segexp / bare step time {result['segexp_over_bare']:.3f}", flush=True)
+            report["training"][f"os{output_stride}"] = result
+            emit(report)
+            if args.compare_layouts and args.channels_last:
+                print("  the same with contiguous (NCHW) tensors:", flush=True)
+                contiguous = compare_training(train_argv(args, batch=batch, crop=512, precision=precision,
+                                                         depth=101, output_stride=output_stride,
+                                                         channels_last=False), batch)
+                training_mfu(contiguous, flops, peak, datasheet)
+                result["contiguous"] = contiguous
+                result["channels_last_speedup"] = (contiguous["segexp"]["median_step_ms"]
+                                                   / result["segexp"]["median_step_ms"])
+                print(f"  channels_last / contiguous: {result['channels_last_speedup']:.2f}x faster (segexp)",
+                      flush=True)
+                emit(report)
+    if "inference" in parts:
+        for name, size, slide in (("whole_512x1024", (512, 1024), False), ("slide_1024x2048", (1024, 2048), True)):
+            rate = inference_rate(101, 8, size, slide, repeats=args.steps)
+            report["inference"][name] = {"images_per_s": rate, "output_stride": 8, "batch": 1}
+            print(f"inference DeepLabv3-R101 OS 8, {name.replace('_', ' ')}, batch 1: {rate:.1f} images/s "
+                  f"({rate / MMSEG_V100_FPS:.1f}x mmseg's V100 fp32 {MMSEG_V100_FPS} fps)", flush=True)
+            emit(report)
+    if "loader" in parts:
+        workers = args.loader_workers or os.cpu_count() or 1
+        rates = {name: loader_rate(workers, normalize_on_device=name == "uint8") for name in ("float32", "uint8")}
+        report["loader"] = {"workers": workers, "samples_per_s": rates, "crop": [512, 512],
+                            "source": "1024x2048 JPEG + PNG label pairs"}
+        need = report["training"].get("os16", {}).get("segexp", {}).get("images_per_s")
+        verdict = f" (training at OS 16 consumes {need:.0f}/s)" if need else ""
+        print(f"data loader, {workers} workers, 1024x2048 JPEG/PNG -> 512x512 crops: {rates['float32']:.0f} "
+              f"samples/s as float32, {rates['uint8']:.0f} as uint8 (data.normalize_on_device){verdict}", flush=True)
+    report["complete"] = True
+    emit(report)
     return report
+
+
+def plan(args: argparse.Namespace) -> list[str]:
+    """What the GPU suite would measure with ``args`` and where its FLOP counts come from (no GPU needed)."""
+    parts = args.parts or PARTS
+    lines = [f"GPU suite parts: {', '.join(parts)}; {args.warmup} warm-up + {args.steps} timed steps"]
+    if "training" in parts:
+        flops_table = Flops(args.flops)
+        layouts = "channels_last and contiguous" if args.compare_layouts else "channels_last"
+        for output_stride, batch in training_configs(args):
+            flops = flops_table.forward(101, output_stride, 512, 512)
+            lines.append(f"training DeepLabv3-ResNet101 OS {output_stride}, 512x512, batch {batch}: bare and segexp, "
+                         f"{layouts}; {flops / 1e9:.1f} GFLOPs forward per image ({flops_table.source})")
+    if "inference" in parts:
+        lines.append("inference DeepLabv3-ResNet101 OS 8, batch 1: whole 512x1024, sliding 512x1024 over 1024x2048")
+    if "loader" in parts:
+        lines.append(f"loader: {args.loader_workers or os.cpu_count() or 1} workers, float32 and uint8 batches")
+    return lines
 
 
 def cpu_comparison(args: argparse.Namespace) -> dict[str, Any]:
@@ -377,8 +590,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--channels-last", type=lambda s: s.lower() == "true", default=on_gpu)
     parser.add_argument("--compile", type=lambda s: s.lower() == "true", default=False)
     parser.add_argument("--cpu-style", action="store_true", help="on a GPU, run the single CPU-style comparison")
+    parser.add_argument("--parts", nargs="+", choices=PARTS, help="GPU suite: only these parts (default: all)")
     parser.add_argument("--only-os", type=int, nargs="*", help="GPU suite: only these output strides")
+    parser.add_argument("--compare-layouts", action="store_true",
+                        help="GPU suite: also time training with contiguous (NCHW) tensors")
     parser.add_argument("--loader-workers", type=int, default=0, help="GPU suite: loader workers (0: CPU cores)")
+    parser.add_argument("--flops", type=Path, help="forward FLOP counts written beforehand by --write-flops")
+    parser.add_argument("--write-flops", type=Path, metavar="PATH",
+                        help="count the GPU suite's forward FLOPs here (no GPU needed), write them to PATH, exit")
+    parser.add_argument("--plan", action="store_true", help="print what the GPU suite would measure, exit")
     parser.add_argument("--json", type=Path, help="where to write the figures")
     parser.add_argument("--only", choices=sorted(MODES), help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -387,14 +607,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.only:
-        run_mode(args)
+        print(json.dumps(run_mode(args)))
+        return
+    if args.write_flops:
+        table = write_flops(args.write_flops)
+        print(f"forward FLOPs per image written to {args.write_flops}: {table['forward_flops']}")
+        return
+    if args.plan:
+        print("\n".join(plan(args)))
         return
     gpu = torch.cuda.is_available() and not args.cpu_style
-    report = gpu_suite(args) if gpu else cpu_comparison(args)
     device = "gpu" if gpu else "cpu"
     outputs = REPO_ROOT / "outputs" if SOURCE_CHECKOUT else Path("outputs")
     path = Path(args.json or outputs / "bench" / f"bench-{device}.json")
     path.parent.mkdir(parents=True, exist_ok=True)
+    report = gpu_suite(args, emit=lambda partial: atomic.write_json(path, partial)) if gpu else cpu_comparison(args)
     atomic.write_json(path, report)
     print(f"figures written to {path}")
 

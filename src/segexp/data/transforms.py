@@ -10,6 +10,7 @@ normalised space, the same mean pixel. All randomness comes from albumentations'
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -137,7 +138,16 @@ def build_eval_transform(mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[fl
 def normalize_on_device(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
     """uint8 ``(B, 3, H, W)`` pixels -> float32 ``(pixels - 255 mean) / (255 std)``, on the images' device:
     the arithmetic of ``A.Normalize(max_pixel_value=255)`` done after the transfer (4x fewer bytes moved)."""
+    m, inverse_std = normalisation_constants(tuple(mean), tuple(std), images.device)
+    return (images.float() - m) * inverse_std
+
+
+@functools.cache
+def normalisation_constants(mean: tuple[float, ...], std: tuple[float, ...],
+                            device: torch.device) -> tuple[Tensor, Tensor]:
+    """``255 mean`` and ``1 / (255 std)`` as (1, C, 1, 1) float32 tensors on ``device``, made once per device: a
+    host-to-device copy per batch would make every training step wait for the host."""
     scale = 255.0
-    m = torch.tensor([v * scale for v in mean], dtype=torch.float32, device=images.device).view(1, -1, 1, 1)
-    inverse_std = torch.tensor([1.0 / (v * scale) for v in std], dtype=torch.float32, device=images.device)
-    return (images.float() - m) * inverse_std.view(1, -1, 1, 1)
+    m = torch.tensor([v * scale for v in mean], dtype=torch.float32, device=device).view(1, -1, 1, 1)
+    inverse_std = torch.tensor([1.0 / (v * scale) for v in std], dtype=torch.float32, device=device)
+    return m, inverse_std.view(1, -1, 1, 1)

@@ -79,6 +79,8 @@ class SegmentationModule(pl.LightningModule):
         self.session_start: float | None = None
         self.eval_images = SumMetric()  # images scored by the last validation/test, summed over DDP ranks
         self.last_eval_images = 0
+        self._non_finite: tuple[Tensor, Tensor] | None = None
+        """On the loss's device: the first step with a non-finite training loss (-1: none yet) and that loss."""
 
     # ------------------------------------------------------------ device setup
     def setup(self, stage: str) -> None:
@@ -144,13 +146,41 @@ class SegmentationModule(pl.LightningModule):
         if len(outputs) > 1:
             for name, term in terms.items():
                 self.log(f"train/loss/{name}", term)
-        if not math.isfinite(loss.item()):
-            raise NonFiniteLossError(
-                f"Training loss is {loss.item()} at step {self.global_step}: stopping. Lower schedule.lr, "
-                "check the labels, or run with debug=anomaly to find the operation."
-            )
+        self._note_non_finite(loss)
         self.log("train/loss", loss, prog_bar=True)
         return loss
+
+    def _note_non_finite(self, loss: Tensor) -> None:
+        """Remember, on the loss's device, the first step whose loss is NaN or infinite, without reading the loss
+        on the host: a read (``loss.item()``) would wait for the GPU every step. :meth:`_stop_if_non_finite`
+        reads the record at the points where the host waits anyway (logging, validation, checkpoints, the end)."""
+        detached = loss.detach()
+        if self._non_finite is None or self._non_finite[0].device != detached.device:
+            self._non_finite = (torch.full((), -1, dtype=torch.long, device=detached.device),
+                                torch.zeros((), dtype=torch.float32, device=detached.device))
+        first_step, first_value = self._non_finite
+        new = ~torch.isfinite(detached) & (first_step < 0)
+        first_step.masked_fill_(new, self.global_step)
+        first_value.copy_(torch.where(new, detached.float(), first_value))
+
+    def _stop_if_non_finite(self) -> None:
+        """Raise :class:`NonFiniteLossError` (naming the first such step) if a training loss was NaN or infinite."""
+        if self._non_finite is None:
+            return
+        first_step, first_value = (float(t) for t in self._non_finite)
+        if first_step >= 0:
+            raise NonFiniteLossError(
+                f"Training loss is {first_value} at step {int(first_step)}: stopping. Lower schedule.lr, "
+                "check the labels, or run with debug=anomaly to find the operation."
+            )
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        """Check for a non-finite loss at Lightning's logging interval, when the host reads the logged loss anyway."""
+        if self.global_step % max(1, self.trainer.log_every_n_steps or 1) == 0:
+            self._stop_if_non_finite()
+
+    def on_train_end(self) -> None:
+        self._stop_if_non_finite()
 
     def configure_optimizers(self) -> dict[str, Any]:
         max_steps = self.trainer.max_steps
@@ -196,6 +226,7 @@ class SegmentationModule(pl.LightningModule):
             self.model.set_output_stride(self._train_output_stride)
 
     def on_validation_epoch_start(self) -> None:
+        self._stop_if_non_finite()
         self._switch_output_stride(True)
 
     def on_test_epoch_start(self) -> None:
@@ -243,10 +274,12 @@ class SegmentationModule(pl.LightningModule):
         return self.resumed_wall_s + time.perf_counter() - self.session_start
 
     def on_fit_start(self) -> None:
+        self._non_finite = None
         if self.session_start is None:
             self.session_start = time.perf_counter()
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._stop_if_non_finite()  # never save weights that a non-finite loss has updated
         checkpoint["segexp"] = {"config": self.config, "class_names": list(self.class_names),
                                 "best_mIoU": self.best_miou, "best_step": self.best_step,
                                 "wall_s": self.wall_s(), "resumes": self.resumes}

@@ -31,7 +31,13 @@ class CrossEntropy(nn.Module):
                 f"loss.class_weights has {self.class_weights.numel()} entries but the model predicts "
                 f"{logits.shape[1]} classes"
             )
-        if not (target != self.ignore_index).any():
-            # F.cross_entropy returns NaN when every pixel is ignored; such a crop carries no signal.
-            return logits.sum() * 0.0
-        return F.cross_entropy(logits, target, weight=self.class_weights, ignore_index=self.ignore_index)
+        # The weighted mean written out, so that a crop whose pixels are all ignored gives 0 (F.cross_entropy's
+        # mean gives NaN there) without asking the device whether any pixel is labelled (a host sync per step).
+        losses = F.cross_entropy(logits, target, weight=self.class_weights, ignore_index=self.ignore_index,
+                                 reduction="none")
+        labelled = target != self.ignore_index
+        if self.class_weights is None:
+            weights = labelled.to(losses.dtype)
+        else:
+            weights = self.class_weights.to(losses.dtype)[target.clamp(0, logits.shape[1] - 1)] * labelled
+        return losses.sum() / weights.sum().clamp_min(torch.finfo(losses.dtype).tiny)
