@@ -234,7 +234,12 @@ class SegmentationDataModule(pl.LightningDataModule):
 
     @property
     def dataset_class(self) -> type[SegmentationDataset]:
-        return getattr(self.dataset_factory, "func", self.dataset_factory)
+        """The dataset's class as configured (:meth:`SegmentationDataset.configured`: for ``dataset=folder``, the
+        class holding the classes of its settings)."""
+        target = getattr(self.dataset_factory, "func", self.dataset_factory)
+        if isinstance(target, type) and issubclass(target, SegmentationDataset):
+            return target.configured(**getattr(self.dataset_factory, "keywords", {}))
+        return target
 
     @property
     def class_names(self) -> tuple[str, ...]:

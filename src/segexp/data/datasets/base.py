@@ -269,7 +269,7 @@ def check_listed(samples: Sequence[tuple[Path, Path | None]], where: str, datase
         shown = "; ".join(missing[:3]) + (f"; and {len(missing) - 3} more" if len(missing) > 3 else "")
         raise DatasetError(
             f"{dataset}: {where} lists {len(missing)} file(s) that do not exist: {shown} (restore them, "
-            "fix the split, or leave such samples out with +dataset.skip_bad_samples=true)"
+            "fix the split, or leave such samples out with dataset.skip_bad_samples=true)"
         )
 
 
@@ -318,7 +318,7 @@ class SegmentationDataset(Dataset):
 
     Bad input (see the module docstring) raises :class:`DatasetError` naming the file: what the listing shows
     when the dataset is built, what decoding shows when the sample is loaded. With ``skip_bad_samples=True``
-    (``+dataset.skip_bad_samples=true``) the dataset instead decodes and checks every listed sample once when
+    (``dataset.skip_bad_samples=true``) the dataset instead decodes and checks every listed sample once when
     it is built (in threads; a full read of the split, meant for crawled data rather than curated
     benchmarks), leaves out those that raise :class:`DatasetError`, keeps the reasons in :attr:`skipped` and
     logs ``skipped N bad samples of split ...: <first few reasons>``. It fails only when no sample is left.
@@ -338,6 +338,13 @@ class SegmentationDataset(Dataset):
     CLASSES: ClassVar[tuple[str, ...]] = ()
     PALETTE: ClassVar[tuple[tuple[int, int, int], ...]] = ()
     LABEL_PALETTE: ClassVar[tuple[tuple[int, int, int], ...] | None] = None
+
+    @classmethod
+    def configured(cls, **settings: Any) -> type[SegmentationDataset]:
+        """The dataset class that the config node's ``settings`` describe, asked before any sample is read (the
+        data module takes ``CLASSES`` and ``PALETTE`` from it). Datasets with fixed classes are their own class;
+        one whose classes are settings (``dataset=folder``) returns the class holding them."""
+        return cls
 
     def __init__(
         self,
