@@ -88,7 +88,8 @@ def test_presence_is_cached_in_the_dataset_root_and_reused(tmp_path: Path, monke
     def no_reading(path: object) -> None:
         raise AssertionError("labels were read again")
 
-    monkeypatch.setattr("segexp.data.bootstrapping.load_label", no_reading)
+    monkeypatch.setattr("segexp.data.datasets.base.load_label", no_reading)
+    monkeypatch.setattr("segexp.data.datasets.base.SegmentationDataset.load_sample", no_reading)
     assert class_presence(VOC(root, split="train")) == expected
     assert sample_repeats(expected, [2, 3], hard_repeat=2) == [1, 2, 2]  # bicycle in image 1, bird in image 2
 

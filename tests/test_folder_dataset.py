@@ -312,3 +312,14 @@ def test_a_sweep_over_losses_on_a_folder_dataset(tmp_path: Path) -> None:
     subprocess.run(cmd, check=True, capture_output=True, timeout=300)
     metrics = [json.loads(path.read_text()) for path in sorted((tmp_path / "sweep").glob("*/metrics.json"))]
     assert [m["steps"] for m in metrics] == [1, 1]
+
+
+def test_hard_image_bootstrapping_reads_colour_masks_through_the_palette(tmp_path: Path) -> None:
+    """data.hard_classes reads every label once (segexp.data.bootstrapping): colour masks too, as training does."""
+    from segexp.data.bootstrapping import image_classes
+
+    colour = FolderDataset(make_folder(tmp_path / "c", kind="colour", classes_file=COLOUR_CLASSES), "train")
+    index = FolderDataset(make_folder(tmp_path / "i", classes_file=COLOUR_CLASSES), "train")
+    for i in range(len(colour)):
+        expected = sorted(set(np.unique(known_label(i % 3)).tolist()) - {255})
+        assert image_classes(colour, i) == image_classes(index, i) == expected

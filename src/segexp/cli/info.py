@@ -17,7 +17,12 @@ import torch
 from omegaconf import DictConfig
 from torch.utils.flop_counter import FlopCounterMode
 
-from segexp.cli.precheck import check_command_line, check_command_line_targets, exit_on_config_error
+from segexp.cli.precheck import (
+    check_command_line,
+    check_command_line_targets,
+    exit_on_config_error,
+    input_errors_exit,
+)
 from segexp.config import compose_config
 from segexp.models.build import build_segmentor
 from segexp.targets import take_trust_flag
@@ -86,7 +91,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     overrides = [a for a in args if a != "--json"]
     exit_on_config_error(lambda: check_command_line_targets(overrides, "train"))
     exit_on_config_error(lambda: check_command_line(overrides, "train"))
-    summary = model_summary(compose_config(overrides))
+    with input_errors_exit("segexp-info"):  # a bad value or a missing dataset: one line, exit status 2
+        summary = model_summary(compose_config(overrides))
     if as_json:
         print(json.dumps(summary, indent=2))
         return

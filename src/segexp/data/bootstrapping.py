@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from segexp import atomic
-from segexp.data.datasets.base import IGNORE_INDEX, SegmentationDataset, check_label_values, load_label
+from segexp.data.datasets.base import IGNORE_INDEX, SegmentationDataset
 
 log = logging.getLogger(__name__)
 
@@ -51,18 +51,9 @@ def sample_repeats(presence: Sequence[Sequence[int]], hard_ids: Sequence[int], h
     return [hard_repeat if hard.intersection(classes) else 1 for classes in presence]
 
 
-def encoded_label(dataset: SegmentationDataset, index: int) -> np.ndarray:
-    """Sample ``index``'s training-id label, reading only the label file when the dataset has files."""
-    label_path = dataset.samples[index][1] if dataset.samples else None
-    if label_path is not None:
-        raw = load_label(label_path, dataset.LABEL_PALETTE)
-        return check_label_values(dataset.encode_label(raw), dataset.num_classes, label_path)
-    return dataset.load_sample(index)[1]
-
-
 def image_classes(dataset: SegmentationDataset, index: int) -> list[int]:
     """The sorted class ids present in sample ``index``'s label (void excluded)."""
-    counts = np.bincount(encoded_label(dataset, index).ravel(), minlength=256)
+    counts = np.bincount(dataset.read_label(index).ravel(), minlength=256)
     counts[IGNORE_INDEX] = 0
     return np.flatnonzero(counts).tolist()
 

@@ -431,6 +431,15 @@ class SegmentationDataset(Dataset):
         """Map raw label values to training ids (void -> IGNORE_INDEX); identity by default."""
         return label
 
+    def read_label(self, index: int) -> np.ndarray:
+        """Sample ``index``'s label in training ids, reading only the label file when there is one (the hard-image
+        bootstrapping reads every label once); a dataset whose labels need more than the file overrides it."""
+        label_path = self.samples[index][1] if self.samples else None
+        if label_path is None:
+            return self.load_sample(index)[1]
+        raw = load_label(label_path, self.LABEL_PALETTE)
+        return check_label_values(self.encode_label(raw), self.num_classes, label_path)
+
     def load_sample(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """Read, check and encode sample ``index``: ``(HxWx3 uint8 image, HxW uint8 label)``."""
         image_path, label_path = self.samples[index]

@@ -402,6 +402,14 @@ class FolderDataset(SegmentationDataset):
         """Index masks: ``ignore_value`` becomes IGNORE_INDEX, class ids stay."""
         return apply_lut(label, self._lut)
 
+    def read_label(self, index: int) -> np.ndarray:
+        """Index masks as the other datasets read them; a colour mask through the palette (with its image, for the
+        size check)."""
+        label_path = self.samples[index][1]
+        if label_path is None or not mask_is_colour(label_path, self.LABEL_PALETTE):
+            return super().read_label(index)
+        return self.load_sample(index)[1]
+
     def load_sample(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """Index masks as the other datasets read them (:meth:`SegmentationDataset.load_sample`); colour masks
         mapped through the palette."""
