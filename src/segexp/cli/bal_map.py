@@ -28,6 +28,7 @@ from segexp.cli.precheck import check_command_line, exit_on_config_error
 from segexp.config import ConfigError, compose_config
 from segexp.data.datasets.base import IGNORE_INDEX, DatasetError, SegmentationDataset
 from segexp.models.losses.boundary_aware import BoundaryAwareLoss
+from segexp.overrides import override_key
 from segexp.targets import TRUST_TARGETS_FLAG, trust_targets
 from segexp.training.build import validate
 
@@ -58,8 +59,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 def with_defaults(overrides: Sequence[str]) -> list[str]:
     """``dataset=camvid loss=bal`` unless the overrides choose a dataset or loss themselves."""
-    chosen = {arg.split("=", 1)[0].lstrip("+~") for arg in overrides}
-    return [d for d in DEFAULTS if d.split("=", 1)[0] not in chosen] + list(overrides)
+    chosen = {override_key(arg) for arg in overrides}
+    return [d for d in DEFAULTS if override_key(d) not in chosen] + list(overrides)
 
 
 def colour_label(label: np.ndarray, palette: Sequence[tuple[int, int, int]]) -> np.ndarray:

@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 
 from segexp.config import CONF_DIR, ConfigError, compose_config
 from segexp.data.datasets.base import DatasetError
+from segexp.overrides import override_key
 from segexp.targets import (
     TRUST_TARGETS_FLAG,
     UntrustedTargetError,
@@ -54,7 +55,7 @@ def check_command_line(argv: Sequence[str], config_name: str) -> None:
         if unknown is None or "To append to your config use +" not in str(err):
             return
         key = unknown.group(1)
-        added = [f"+{arg}" if arg.split("=", 1)[0] == key else arg for arg in overrides]
+        added = [f"+{arg}" if override_key(arg) == key and not arg.startswith(("+", "~")) else arg for arg in overrides]
         try:
             cfg = compose_config(added, config_name)
         except Exception:  # noqa: BLE001 -- let Hydra report what the precheck cannot explain

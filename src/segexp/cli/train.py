@@ -13,7 +13,6 @@ unless ``--trust-targets`` is given; the check runs before anything the config n
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -30,7 +29,6 @@ from segexp import atomic
 from segexp.cli.precheck import input_errors_exit, run_cli
 from segexp.config import CONF_DIR
 from segexp.training.build import build_datamodule, build_module, plain_config, validate
-from segexp.training.callbacks import Preempted
 from segexp.training.checkpoints import resolve_ckpt_path, stored_run_state
 from segexp.training.harness import (
     build_callbacks,
@@ -46,8 +44,9 @@ from segexp.training.harness import (
     refuse_relaunch_in_sweep,
 )
 from segexp.training.module import SegmentationModule
+from segexp.training.preemption import Preempted
 from segexp.training.resume import check_resume_changes, config_changes, resume_record
-from segexp.training.run_files import METRICS_FILE
+from segexp.training.run_files import METRICS_FILE, set_aside
 
 
 def run_training(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) -> dict[str, Any]:
@@ -111,9 +110,7 @@ def set_aside_old_results(output_dir: Path) -> None:
     """A finished run's ``metrics.json`` in the folder this run writes to becomes ``metrics.prev.json`` before
     anything else happens: a run that then fails or is pre-empted never leaves a metrics.json that looks like
     its own success (the table runner does the same for its rows)."""
-    old = output_dir / METRICS_FILE
-    if old.is_file():
-        os.replace(old, old.with_name("metrics.prev.json"))
+    set_aside(output_dir, [METRICS_FILE])
 
 
 def print_summary(output_dir: Path, metrics: dict[str, Any], loggers: Sequence[Any]) -> None:

@@ -20,7 +20,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from segexp.tables.spec import Card, CardEntry, Row, Statements, TableSpec, override_key
+from segexp.overrides import override_key
+from segexp.tables.spec import Card, CardEntry, Row, Statements, TableSpec
 
 EFFECTIVE_BATCH = "effective_batch"
 """The one derived card key: data.batch_size x devices x nodes x accumulated batches."""

@@ -16,6 +16,7 @@ from omegaconf import DictConfig, open_dict
 
 from segexp import atomic
 from segexp.data.datamodule import SegmentationDataModule
+from segexp.environment import device_name
 from segexp.models.build import build_segmentor
 from segexp.tables.plan import Job, compose
 from segexp.tables.spec import MEASURABLE
@@ -37,10 +38,6 @@ def val_image_size(datamodule: SegmentationDataModule) -> tuple[int, int]:
 
 def current_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def device_name(device: torch.device) -> str:
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
 
 
 def time_forward(model: torch.nn.Module, image: torch.Tensor, device: torch.device) -> float:

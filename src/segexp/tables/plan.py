@@ -22,10 +22,12 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
 from segexp.config import CONF_DIR, compose_config
+from segexp.overrides import override_key
 from segexp.tables.card import CardLine, card_lines, contradictions
-from segexp.tables.spec import INIT_KEY, Profile, Protocol, Row, TableSpec, fail, override_key
+from segexp.tables.spec import INIT_KEY, Profile, Protocol, Row, TableSpec, fail
 from segexp.tables.store import TABLE_ROW_FILE
 from segexp.targets import UntrustedTargetError
+from segexp.training.devices import effective_batch, requested_devices, world_size
 from segexp.training.eval_settings import GPU_ACCELERATORS, inference_of_checkpoint
 from segexp.validation import declared_defaults
 
@@ -188,33 +190,6 @@ def legacy_config_hash(cfg: DictConfig, *extra: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _device_count(devices: Any) -> int | None:
-    """Devices a trainer setting asks for; None when only known at run time (-1/auto with no CUDA here)."""
-    if isinstance(devices, (list, tuple)) or OmegaConf.is_list(devices):
-        return len(devices)
-    text = str(devices).strip()
-    if text in ("-1", "auto"):
-        import torch
-
-        return torch.cuda.device_count() or None
-    if "," in text:
-        return len([d for d in text.split(",") if d.strip()])
-    return int(text)
-
-
-def world_size(cfg: DictConfig) -> int | None:
-    devices = _device_count(cfg.trainer.get("devices", 1))
-    return None if devices is None else devices * int(cfg.trainer.get("num_nodes", 1))
-
-
-def effective_batch(cfg: DictConfig) -> int | None:
-    """data.batch_size x devices x num_nodes x accumulate_grad_batches (None if devices are unknown)."""
-    world = world_size(cfg)
-    if world is None:
-        return None
-    return int(cfg.data.batch_size) * world * int(cfg.trainer.get("accumulate_grad_batches", 1))
-
-
 def protocol_warnings(cfg: DictConfig, protocol: Protocol) -> list[str]:
     """One line per difference between the composed run and the paper's batch / iterations."""
     warnings = []
@@ -280,7 +255,7 @@ def launcher_overrides(cfg: DictConfig, launcher: str | None) -> tuple[str, ...]
     if launcher is None or not launcher.startswith("submitit_"):
         return ()
     overrides = [f"hydra.launcher.nodes={int(cfg.trainer.get('num_nodes', 1))}"]
-    devices = _device_count(cfg.trainer.get("devices", 1))
+    devices = requested_devices(cfg.trainer.get("devices", 1))
     if devices is not None:
         overrides.append(f"hydra.launcher.tasks_per_node={devices}")
         if str(cfg.trainer.get("accelerator", "cpu")) in GPU_ACCELERATORS:

@@ -40,6 +40,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from segexp import atomic
+from segexp.overrides import override_key
 from segexp.tables.plan import (
     CHECKPOINTS,
     EVAL,
@@ -52,7 +53,7 @@ from segexp.tables.plan import (
     row_file_text,
     split_hydra,
 )
-from segexp.tables.spec import Profile, Row, SpecError, TableSpec, display_path, override_key, with_extra_settings
+from segexp.tables.spec import Profile, Row, SpecError, TableSpec, display_path, with_extra_settings
 from segexp.tables.store import (
     ERROR_FILE,
     JOB_STATUS_FILE,
@@ -64,6 +65,7 @@ from segexp.tables.store import (
 )
 from segexp.targets import UntrustedTargetError, check_override_targets
 from segexp.training.checkpoints import checkpoint_candidates
+from segexp.training.run_files import set_aside
 
 ROWS_FOLDER = ".table_rows"
 LOGS_FOLDER = "_logs"
@@ -160,10 +162,7 @@ def prepare(job: Job, spec: TableSpec, profile: Profile, rows_dir: Path, prune: 
     """Set old results aside (never deleted) and write the row config and ``table_row.json``."""
     resume = can_resume(job)
     job.run_dir.mkdir(parents=True, exist_ok=True)
-    for name in (METRICS_FILE, ERROR_FILE, JOB_STATUS_FILE):
-        old = job.run_dir / name
-        if old.is_file():
-            os.replace(old, old.with_name(old.stem + ".prev.json"))
+    set_aside(job.run_dir, [METRICS_FILE, ERROR_FILE, JOB_STATUS_FILE])
     values: dict[str, Any] = {"seed": job.seed}
     if resume:
         values["ckpt_path"] = "last"

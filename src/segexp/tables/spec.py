@@ -25,6 +25,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 
 from segexp.config import REPO_ROOT
+from segexp.overrides import override_key
 from segexp.targets import UntrustedTargetError, check_override_targets
 from segexp.validation import closest_key
 
@@ -422,11 +423,6 @@ class _Mapping:
             if not math.isfinite(value):
                 fail(self.path, f"{self.key(name)}.{key}", f"expected a finite number, got {value!r}")
         return {str(k): float(v) for k, v in values.items()}
-
-
-def override_key(override: str) -> str:
-    """The config key (or group) an override sets: ``+head.rates=[6]`` -> ``head.rates``."""
-    return override.split("=", 1)[0].lstrip("+~")
 
 
 def check_overrides(overrides: Sequence[str], path: Path, key: str) -> None:

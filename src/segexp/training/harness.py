@@ -28,7 +28,8 @@ from torch.utils.data import DataLoader
 
 from segexp import atomic
 from segexp.config import ConfigError
-from segexp.environment import environment_facts
+from segexp.environment import device_name, environment_facts
+from segexp.training.devices import requested_devices
 from segexp.training.eval_settings import GPU_ACCELERATORS
 from segexp.training.run_files import ERROR_FILE
 
@@ -121,7 +122,7 @@ def effective_sync_batchnorm(cfg: DictConfig) -> bool:
     accelerator = str(t.get("accelerator", "auto"))
     on_gpu = accelerator in GPU_ACCELERATORS or (accelerator == "auto" and torch.cuda.is_available())
     devices = t.get("devices", 1)
-    n_devices = torch.cuda.device_count() if devices in (-1, "auto") else _count_devices(devices)
+    n_devices = requested_devices(devices) or 0
     if on_gpu and torch.cuda.is_available() and n_devices * int(t.get("num_nodes", 1)) > 1:
         return True
     warnings.warn(
@@ -130,15 +131,6 @@ def effective_sync_batchnorm(cfg: DictConfig) -> bool:
         stacklevel=2,
     )
     return False
-
-
-def _count_devices(devices: Any) -> int:
-    """Lightning's ``devices``: a count, a list of ids, or a comma-separated string of ids."""
-    if isinstance(devices, str):
-        return len([d for d in devices.split(",") if d.strip()])
-    if hasattr(devices, "__len__"):  # list, tuple or ListConfig of device ids
-        return len(devices)
-    return int(devices)
 
 
 def export_submitit_local_ranks() -> None:
@@ -211,7 +203,7 @@ def protocol_facts(trainer: pl.Trainer, batch_size: int) -> dict[str, Any]:
         "per_device_batch": batch_size,
         "effective_batch": batch_size * trainer.world_size * trainer.accumulate_grad_batches,
         "precision": str(trainer.precision),
-        "device": _device_name(trainer),
+        "device": device_name(trainer.strategy.root_device),
         "git_commit": environment["segexp_commit"],
         "environment": environment,
     }
@@ -245,13 +237,6 @@ def metrics_payload(
         **protocol_facts(trainer, batch_size),
         "run_dir": str(output_dir),
     }
-
-
-def _device_name(trainer: pl.Trainer) -> str:
-    root = trainer.strategy.root_device
-    if root.type == "cuda":
-        return torch.cuda.get_device_name(root)
-    return root.type
 
 
 @contextmanager
