@@ -190,3 +190,23 @@ def test_a_ddp_job_inside_a_sweep_is_refused_before_lightning_reruns_the_sweep(m
             continue
         with pytest.raises(ConfigError, match=r"2 DDP processes inside a Hydra sweep .*segexp-table run"):
             refuse_relaunch_in_sweep(trainer, multirun=True)
+
+
+def test_the_checks_before_hydra_compose_a_plain_run_once(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    import sys
+
+    from segexp.cli import precheck
+
+    calls: list[list[str]] = []
+    real = precheck.compose_config
+
+    def counting(overrides, config_name="train", with_hydra=False):
+        calls.append(list(overrides))
+        return real(overrides, config_name, with_hydra)
+
+    monkeypatch.setattr(precheck, "compose_config", counting)
+    precheck.composed.cache_clear()
+    ran: list[bool] = []
+    monkeypatch.setattr(sys, "argv", ["segexp-train", "backbone=resnet18", f"hydra.run.dir={tmp_path}"])
+    precheck.run_cli(lambda: ran.append(True), "train")
+    assert ran == [True] and calls == [["backbone=resnet18", f"hydra.run.dir={tmp_path}"]]  # then Hydra's own

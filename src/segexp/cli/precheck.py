@@ -3,13 +3,14 @@ naming code outside the allowed packages (see :mod:`segexp.config`) is refused b
 
 from __future__ import annotations
 
+import functools
 import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from segexp.config import CONF_DIR, ConfigError, compose_config
 from segexp.data.datasets.base import DatasetError
@@ -39,6 +40,13 @@ MAX_TARGET_COMPOSITIONS = 32
 :func:`segexp.training.build.validate` still checks its config's targets before importing them."""
 
 
+@functools.lru_cache(maxsize=8)
+def composed(overrides: tuple[str, ...], config_name: str) -> DictConfig:
+    """The config the command line composes (``hydra`` node included), composed once for all the checks before
+    Hydra runs (a failed composition raises each time: nothing is cached then)."""
+    return compose_config(list(overrides), config_name, with_hydra=True)
+
+
 def check_command_line(argv: Sequence[str], config_name: str) -> None:
     """Raise :class:`ConfigError` with a "did you mean" suggestion when ``argv`` overrides a key that does not
     exist (``backbone.dpeth=50``). Hydra itself only says the key "is not in struct"; composing the same
@@ -49,7 +57,7 @@ def check_command_line(argv: Sequence[str], config_name: str) -> None:
         return
     overrides = [arg for arg in argv if not arg.startswith("-")]
     try:
-        compose_config(overrides, config_name)
+        composed(tuple(overrides), config_name)
     except ConfigCompositionException as err:
         unknown = re.search(r"Could not override '([^']+)'", str(err))
         if unknown is None or "To append to your config use +" not in str(err):
@@ -90,7 +98,7 @@ def check_command_line_targets(argv: Sequence[str], config_name: str) -> None:
         check_override_targets(override, f"the command-line override '{override}'")
     for combination in sweep_combinations(overrides)[:MAX_TARGET_COMPOSITIONS]:
         try:
-            cfg = compose_config(combination, config_name, with_hydra=True)
+            cfg = composed(tuple(combination), config_name)
         except Exception:  # noqa: BLE001 -- Hydra reports what does not compose
             continue
         check_config_targets(cfg, origin=lambda key, target, o=combination: target_origin(key, target, o, config_name))
