@@ -25,24 +25,19 @@ segexp-eval processes started, which inherit the environment.
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
-
 from segexp import atomic
 from segexp.overrides import override_key
+from segexp.tables.lock import table_lock
 from segexp.tables.plan import (
-    CHECKPOINTS,
     EVAL,
     TRAIN,
     Job,
@@ -53,6 +48,7 @@ from segexp.tables.plan import (
     row_file_text,
     split_hydra,
 )
+from segexp.tables.pruning import PruneCheckpoints, prune_checkpoints, prune_policy
 from segexp.tables.spec import Profile, Row, SpecError, TableSpec, display_path, with_extra_settings
 from segexp.tables.store import (
     ERROR_FILE,
@@ -69,7 +65,6 @@ from segexp.training.run_files import set_aside
 
 ROWS_FOLDER = ".table_rows"
 LOGS_FOLDER = "_logs"
-LOCK_FILE = ".lock"
 RESUMABLE_ERRORS = ("KeyboardInterrupt", "Preempted")
 """error.json errors after which a row resumes from last.ckpt instead of starting over."""
 MODULES = {TRAIN: "segexp.cli.train", EVAL: "segexp.cli.evaluate"}
@@ -110,23 +105,6 @@ class RunResult:
         return not self.failed
 
 
-class PruneCheckpoints(Callback):
-    """Hydra callback: after each job, delete the checkpoints its ``table_row.json`` lists under "prune"."""
-
-    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
-        prune_checkpoints(Path(str(config.hydra.runtime.output_dir)))
-
-
-def prune_checkpoints(run_dir: Path, which: Sequence[str] | None = None) -> None:
-    """Delete ``best-step*.ckpt`` ("best") and/or ``last.ckpt`` ("last") of a run."""
-    if which is None:
-        which = (read_json(run_dir / TABLE_ROW_FILE) or {}).get("prune", [])
-    doomed = (list((run_dir / CHECKPOINTS).glob("best-step*.ckpt")) if "best" in which else []) + (
-        [last_checkpoint(run_dir)] if "last" in which else [])
-    for path in doomed:
-        path.unlink(missing_ok=True)
-
-
 def job_record(job: Job) -> dict[str, Any]:
     return read_json(job.run_dir / TABLE_ROW_FILE) or {}
 
@@ -150,12 +128,6 @@ def can_resume(job: Job) -> bool:
         return False
     error = (read_json(job.run_dir / ERROR_FILE) or {}).get("error")
     return bool(checkpoint_candidates(job.run_dir)) and (error is None or error.startswith(RESUMABLE_ERRORS))
-
-
-def prune_policy(job: Job, profile: Profile, has_dependents: bool) -> list[str]:
-    if profile.checkpoints == "none":
-        return ["best"] if has_dependents else ["best", "last"]
-    return ["best"] if profile.checkpoints == "last" else []
 
 
 def prepare(job: Job, spec: TableSpec, profile: Profile, rows_dir: Path, prune: list[str]) -> None:
@@ -406,45 +378,6 @@ def warn_protocol(jobs: Sequence[Job], result: RunResult) -> None:
             result.warnings[job.label] = list(job.warnings)
             for warning in job.warnings:
                 print(f"segexp-table: warning: {job.label}: {warning}", file=sys.stderr)
-
-
-@contextmanager
-def table_lock(base_dir: Path) -> Iterator[None]:
-    """One ``segexp-table run`` per table and profile at a time (``<profile dir>/.lock`` holds its pid)."""
-    lock = base_dir / LOCK_FILE
-    base_dir.mkdir(parents=True, exist_ok=True)
-    acquire_lock(lock)
-    try:
-        yield
-    finally:
-        lock.unlink(missing_ok=True)
-
-
-def acquire_lock(lock: Path) -> None:
-    for _ in range(2):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            pid = lock.read_text().strip()
-            if pid.isdigit() and not process_alive(int(pid)):
-                lock.unlink(missing_ok=True)  # left behind by a killed run
-                continue
-            message = f"{display_path(lock)}: a run of this table and profile is in progress (pid {pid})"
-            raise SpecError(message) from None
-        with os.fdopen(fd, "w") as handle:
-            handle.write(str(os.getpid()))
-        return
-    raise SpecError(f"{display_path(lock)}: could not take the lock")
-
-
-def process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by another user
-        pass
-    return True
 
 
 def check_cards(jobs: Sequence[Job], allow_deviations: bool) -> None:
