@@ -21,8 +21,9 @@ import torch
 
 from segexp.cli.train import run_training
 from segexp.config import ConfigError
-from segexp.training.callbacks import LastCheckpoint, Preempted
+from segexp.training.checkpoint_callbacks import LastCheckpoint
 from segexp.training.checkpoints import newest_intact_checkpoint, resolve_ckpt_path
+from segexp.training.preemption import Preempted
 from tests.fixtures import cut_in_half
 from tests.test_training import CaptureFinalState
 

@@ -1,6 +1,7 @@
 """The package's layers point down (README "Layout"): the import-linter contract of ``.importlinter`` holds.
 
-``cli -> tables -> training -> models | data -> validation -> targets -> config -> atomic | geometry | labels``:
+``cli -> tables -> training -> models | data -> validation -> targets -> environment -> config -> resolvers ->
+atomic | geometry | labels | overrides``:
 a module imports only from layers below its own (models and data are independent of each other).
 """
 

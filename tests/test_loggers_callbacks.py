@@ -14,8 +14,10 @@ from segexp.cli.precheck import null_choices_as_deletions
 from segexp.cli.train import run_training
 from segexp.config import ConfigError, compose_config
 from segexp.training.build import validate
-from segexp.training.callbacks import AtomicModelCheckpoint, LastCheckpoint, Preemption, ValidationExamples
+from segexp.training.checkpoint_callbacks import AtomicModelCheckpoint, LastCheckpoint
 from segexp.training.harness import build_callbacks, build_loggers, named_entries
+from segexp.training.preemption import Preemption
+from segexp.training.validation_examples import ValidationExamples
 from tests.conftest import wandb_record
 
 TWO_STEPS = ("trainer.max_steps=2", "trainer.val_check_interval=2")

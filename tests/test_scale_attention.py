@@ -24,7 +24,7 @@ from segexp.models.fusion.attention_to_scale import AttentionToScale, weighted_s
 from segexp.models.fusion.msattn import MultiScaleAttention
 from segexp.models.segmentor import HEAD_FEATURES
 from segexp.training.build import build_datamodule, build_module
-from segexp.training.callbacks import ValidationExamples
+from segexp.training.validation_examples import ValidationExamples
 
 SMALL = ["backbone=resnet18", "backbone.output_stride=8", "head=fcn", "dataset=synthetic", "logger=csv",
          "model.scales=[1.0,0.5]"]

@@ -18,9 +18,10 @@ from segexp.cli.info import (
     model_summary,
 )
 from segexp.cli.train import run_training
-from segexp.config import REPO_ROOT, gpu_mixed_precision
+from segexp.config import REPO_ROOT
 from segexp.data.datamodule import SegmentationDataModule, collate_uint8_labels
 from segexp.data.datasets.camvid import CamVid
+from segexp.resolvers import gpu_mixed_precision
 from segexp.training.build import build_datamodule
 from tests.test_gpu import cosine, one_step_update, relative_error
 

@@ -19,8 +19,8 @@ from segexp.data.datasets.base import IGNORE_INDEX, load_label
 from segexp.data.datasets.cityscapes import Cityscapes
 from segexp.data.datasets.voc import VOC, VOC_PALETTE
 from segexp.data.submission import TRAIN_ID_TO_LABEL_ID, palette_png, submission_name
-from segexp.training.callbacks import SavePredictions
 from segexp.training.metrics import confusion_matrix_metric, metrics_from_confusion
+from segexp.training.prediction_pngs import SavePredictions
 from tests.fixtures import HEIGHT, WIDTH, make_cityscapes, make_voc, random_image, write_rgb
 
 OFFICIAL_LABEL_IDS = [7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33]

@@ -134,13 +134,13 @@ def test_last_ckpt_is_the_final_state_when_val_miou_drops(make_cfg, falling_miou
 
 def test_eval_and_init_from_read_the_final_weights_of_last_ckpt(make_cfg, falling_miou) -> None:
     """What an eval_of row (segexp-eval ckpt=last.ckpt) and an init_from row (model.init_from) load."""
-    from segexp.models.build import build_segmentor
+    from segexp.training.build import build_model
 
     cfg = make_cfg("trainer.max_steps=8", "trainer.val_check_interval=3")
     final = CaptureFinalState()
     run_training(cfg, extra_callbacks=[final])
     last = Path(cfg.output_dir) / "checkpoints" / "last.ckpt"
-    started = build_segmentor(make_cfg(f"model.init_from={last}"), num_classes=6).state_dict()
+    started = build_model(make_cfg(f"model.init_from={last}"), num_classes=6).state_dict()
     eval_cfg = make_cfg(f"ckpt={last}", base=["data.num_workers=0", "trainer.enable_progress_bar=false"],
                         config_name="eval")
     evaluated = run_evaluation(eval_cfg)

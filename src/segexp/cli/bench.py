@@ -67,7 +67,8 @@ from torch.utils.data import Dataset
 from torch.utils.flop_counter import FlopCounterMode
 
 from segexp import atomic
-from segexp.config import CONF_DIR, REPO_ROOT, SOURCE_CHECKOUT, compose_config, gpu_mixed_precision
+from segexp.config import CONF_DIR, REPO_ROOT, SOURCE_CHECKOUT, compose_config
+from segexp.resolvers import gpu_mixed_precision
 from segexp.training.build import build_datamodule, build_module
 
 MMSEG_V100_FPS = 1.92

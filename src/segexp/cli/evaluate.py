@@ -40,7 +40,6 @@ from segexp.config import CONF_DIR, ConfigError
 from segexp.data.datasets.base import SegmentationDataset
 from segexp.targets import TargetOrigin, hydra_target_origin
 from segexp.training.build import build_datamodule, build_module, validate
-from segexp.training.callbacks import SavePredictions
 from segexp.training.checkpoints import read_checkpoint, upgrade_stored_config
 from segexp.training.eval_settings import inference_of_checkpoint, trainer_of_checkpoint
 from segexp.training.harness import (
@@ -51,6 +50,7 @@ from segexp.training.harness import (
     metrics_payload,
     output_dir_of,
 )
+from segexp.training.prediction_pngs import SavePredictions
 
 
 def load_checkpoint(path: str) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from segexp import atomic
 from segexp.cli.precheck import input_errors_exit, run_cli
 from segexp.config import CONF_DIR
 from segexp.training.build import build_datamodule, build_module, plain_config, validate
-from segexp.training.checkpoints import resolve_ckpt_path, stored_run_state
+from segexp.training.checkpoints import resolve_ckpt_path, stored_run_state, upgrade_stored_config
 from segexp.training.harness import (
     build_callbacks,
     build_loggers,
@@ -100,7 +100,7 @@ def resume_history(cfg: DictConfig, ckpt_path: str | None) -> tuple[list[dict[st
     if ckpt_path is None:
         return [], 0.0
     stored, step = stored_run_state(ckpt_path)
-    changes = config_changes(stored.get("config") or {}, plain_config(cfg))
+    changes = config_changes(upgrade_stored_config(stored.get("config") or {}), plain_config(cfg))
     ignored = check_resume_changes(changes, str(cfg.get("resume_changes") or "refuse"), ckpt_path)
     record = resume_record(ckpt_path, step, changes, ignored)
     return [*stored.get("resumes", []), record], float(stored.get("wall_s") or 0.0)

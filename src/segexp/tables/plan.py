@@ -144,7 +144,21 @@ def config_identity(cfg: DictConfig) -> dict[str, Any]:
     for key, schema in NODE_SCHEMAS.items():
         if isinstance(plain.get(key), dict):
             plain[key] = _without_defaults(plain[key], declared_defaults(schema))
-    return _strip_target_defaults(plain, load_target)
+    return recorded_target_names(_strip_target_defaults(plain, load_target))
+
+
+def recorded_target_names(node: Any) -> Any:
+    """``node`` with each ``_target_`` of a class that moved since rows were recorded spelled as it was then
+    (:data:`segexp.training.checkpoints.MOVED_CLASSES`): moving a class to another module reruns nothing."""
+    from segexp.training.checkpoints import MOVED_CLASSES
+
+    recorded = {new: old for old, new in MOVED_CLASSES.items()}
+    if isinstance(node, list):
+        return [recorded_target_names(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    return {key: recorded.get(value, value) if key == "_target_" and isinstance(value, str)
+            else recorded_target_names(value) for key, value in node.items()}
 
 
 def _strip_target_defaults(node: Any, load: Any) -> Any:
@@ -179,7 +193,7 @@ def config_hash(cfg: DictConfig, *extra: Any) -> str:
 def legacy_config_hash(cfg: DictConfig, *extra: Any) -> str:
     """The whole-config hash rows were recorded with before :func:`config_hash` (minus :data:`HASH_EXCLUDED` and the
     :data:`LEGACY_ABSENT` keys at their defaults), so that rows finished then are not rerun."""
-    plain = OmegaConf.to_container(cfg, resolve=True)
+    plain = recorded_target_names(OmegaConf.to_container(cfg, resolve=True))
     for key in HASH_EXCLUDED:
         plain.pop(key, None)
     for dotted, default in LEGACY_ABSENT.items():

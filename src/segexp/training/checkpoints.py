@@ -132,14 +132,24 @@ MOVED_MODULES = {
 }
 """``_target_`` prefixes of checkpoints written before the package was grouped into models/data/training."""
 
+MOVED_CLASSES = {
+    "segexp.training.callbacks.LastCheckpoint": "segexp.training.checkpoint_callbacks.LastCheckpoint",
+    "segexp.training.callbacks.AtomicModelCheckpoint": "segexp.training.checkpoint_callbacks.AtomicModelCheckpoint",
+    "segexp.training.callbacks.Preemption": "segexp.training.preemption.Preemption",
+    "segexp.training.callbacks.ValidationExamples": "segexp.training.validation_examples.ValidationExamples",
+    "segexp.training.callbacks.SavePredictions": "segexp.training.prediction_pngs.SavePredictions",
+}
+"""``_target_`` classes of checkpoints written before ``training/callbacks.py`` was split by concern (the stored
+config holds the ``callbacks`` node)."""
+
 OLD_AUX_KEYS = ("aux_weight", "aux_channels", "aux_dropout")
 """``model.*`` keys of checkpoints written before the ``aux_head`` group existed."""
 
 
 def upgrade_stored_config(stored: dict[str, Any]) -> dict[str, Any]:
-    """A checkpoint's stored config in today's form: ``_target_`` paths of moved modules are renamed, and the
-    old ``model.aux_weight/aux_channels/aux_dropout`` flags become the ``aux_head`` node they meant (an FCN
-    head on layer3; none when the weight was 0)."""
+    """A checkpoint's stored config in today's form: ``_target_`` paths of moved modules and classes are renamed,
+    and the old ``model.aux_weight/aux_channels/aux_dropout`` flags become the ``aux_head`` node they meant (an
+    FCN head on layer3; none when the weight was 0)."""
     upgraded = _renamed_targets(stored)
     model = dict(upgraded.get("model") or {})
     if not any(key in model for key in OLD_AUX_KEYS):
@@ -163,6 +173,8 @@ def _renamed_targets(node: Any) -> Any:
 
 
 def _renamed_target(target: Any) -> Any:
+    if isinstance(target, str) and target in MOVED_CLASSES:
+        return MOVED_CLASSES[target]
     for old, new in MOVED_MODULES.items():
         if isinstance(target, str) and target.startswith(old):
             return new + target.removeprefix(old)
