@@ -70,6 +70,7 @@ from segexp import atomic
 from segexp.config import CONF_DIR, REPO_ROOT, SOURCE_CHECKOUT, compose_config
 from segexp.resolvers import gpu_mixed_precision
 from segexp.training.build import build_datamodule, build_module
+from segexp.training.step_clock import StepClock
 
 MMSEG_V100_FPS = 1.92
 """mmsegmentation's published inference rate of DeepLabV3-R101-D8 on Cityscapes (V100, fp32, 1024x2048)."""
@@ -127,30 +128,6 @@ class StagedLoader:
 
     def __len__(self) -> int:
         return len(self.batches)
-
-
-class StepClock:
-    """Step boundaries that do not wait for the device: CUDA events recorded in the stream and read once after
-    the run; on a CPU, where an operation has finished when it returns, host timestamps."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.cuda = device.type == "cuda"
-        self.marks: list[Any] = []
-
-    def mark(self) -> None:
-        if self.cuda:
-            event = torch.cuda.Event(enable_timing=True)
-            event.record()
-            self.marks.append(event)
-        else:
-            self.marks.append(time.perf_counter())
-
-    def intervals(self) -> list[float]:
-        """Seconds between consecutive marks."""
-        if self.cuda:
-            torch.cuda.synchronize()
-            return [a.elapsed_time(b) / 1000 for a, b in zip(self.marks, self.marks[1:])]
-        return [b - a for a, b in zip(self.marks, self.marks[1:])]
 
 
 class StepTimer(pl.Callback):

@@ -40,8 +40,8 @@ from segexp.config import CONF_DIR, ConfigError
 from segexp.data.datasets.base import SegmentationDataset
 from segexp.targets import TargetOrigin, hydra_target_origin
 from segexp.training.build import build_datamodule, build_module, validate
-from segexp.training.checkpoints import read_checkpoint, upgrade_stored_config
-from segexp.training.eval_settings import inference_of_checkpoint, trainer_of_checkpoint
+from segexp.training.checkpoints import read_checkpoint
+from segexp.training.eval_settings import run_config
 from segexp.training.harness import (
     build_loggers,
     build_trainer,
@@ -60,24 +60,6 @@ def load_checkpoint(path: str) -> dict[str, Any]:
         raise ConfigError(f"ckpt={path}: not a segexp checkpoint (no 'segexp' config entry; was it written by "
                           "segexp-train?)")
     return checkpoint
-
-
-def run_config(cfg: DictConfig, stored: dict[str, Any]) -> DictConfig:
-    """The training config from the checkpoint, with the eval command's choices applied."""
-    run = OmegaConf.create(upgrade_stored_config(stored))
-    if cfg.get("dataset") is not None:
-        run.dataset = cfg.dataset
-    given = {k: v for k, v in (cfg.get("data") or {}).items() if v is not None}
-    run.data = OmegaConf.merge(run.get("data") or {}, given)
-    if cfg.model.get("eval_output_stride") is not None:
-        run.model.eval_output_stride = cfg.model.eval_output_stride
-    run.backbone.pretrained = None  # the checkpoint holds the weights
-    run.model.init_from = None
-    for key in ("logger", "callbacks", "output_dir", "seed"):
-        run[key] = cfg.get(key)
-    run.trainer = trainer_of_checkpoint(cfg.trainer, run.trainer)
-    run.inference = inference_of_checkpoint(cfg.get("inference"), run.get("inference"))
-    return run
 
 
 EVAL_KEYS = ("inference", "trainer", "logger", "callbacks")

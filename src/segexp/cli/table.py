@@ -1,7 +1,8 @@
 """``segexp-table``: list the paper tables, run one (or every ready one) under a profile, write its report.
 
     segexp-table list
-    segexp-table plan deeplabv3.t4 [--profile full] [--row ms_flip]  # the protocol card and the runs, nothing run
+    segexp-table plan deeplabv3.t4 [--profile full] [--row ms_flip]  # the protocol card, the runs and their cost
+    segexp-table plan all --tflops 395.6 --gpu-mem 80 --csv cost.csv    # FLOPs, GPU-hours, memory of every table
     segexp-table run deeplabv3.t5 --profile smoke [--rows mg111,mg124] [--seeds 3] [--dry-run]
     segexp-table run deeplabv3.t5 --profile full --launcher submitit_slurm -- hydra.launcher.partition=gpu
     segexp-table run all --profile smoke                  # every ready table; pending ones are listed as skipped
@@ -24,8 +25,10 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
+from segexp.tables.cost import DRYRUN_PROFILE
 from segexp.tables.plan import split_hydra
 from segexp.tables.report import NoRuns, write_report
 from segexp.tables.spec import (
@@ -45,7 +48,8 @@ from segexp.tables.store import profile_dir, rows_with_results
 from segexp.targets import TRUST_TARGETS_ENV, TRUST_TARGETS_FLAG, TRUSTED_TARGET_PREFIXES, trust_targets
 
 if TYPE_CHECKING:  # the runner imports torch and Lightning: only `run` needs it
-    from segexp.tables.runner import RunResult
+    from segexp.tables.cost import Rate, TableCost
+    from segexp.tables.runner import RunResult, TablePlan
 
 ALL = "all"
 DEFAULT_PROFILE = "smoke"
@@ -71,16 +75,27 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--seeds", type=int, default=1, help="repeat each row with seeds 0..N-1")
     run.add_argument("--launcher", help="Hydra launcher plugin (hydra/launcher=NAME), e.g. submitit_slurm")
     run.add_argument("--dry-run", action="store_true", help="print what would run, write nothing")
+    run.add_argument("--batch", type=int, help=f"--profile {DRYRUN_PROFILE} only: images per device instead of the "
+                                              "row's (e.g. 1 on a CPU)")
     run.add_argument("--quiet", action="store_true", help="do not echo the training output")
     run.add_argument("--allow-deviations", action="store_true",
                      help="run rows whose composed settings contradict their protocol card (warned about)")
     plan = sub.add_parser("plan", parents=[common],
-                          help="print each row's protocol card and the runs it would start; runs nothing")
-    plan.add_argument("table", help="table id (e.g. deeplabv3.t4)")
+                          help="print each row's protocol card, the runs it would start and their cost (FLOPs, "
+                               "GPU-hours, peak memory per device); runs nothing")
+    plan.add_argument("table", help=f"table id (e.g. deeplabv3.t4), or '{ALL}': the cost of every ready table")
     plan.add_argument("--profile", default="full")
     plan.add_argument("--row", help="comma-separated row names (default: all rows)")
     plan.add_argument("--seeds", type=int, default=1)
     plan.add_argument("--launcher", help="Hydra launcher plugin, as for run")
+    plan.add_argument("--tflops", type=float,
+                      help="sustained TFLOP/s per device for the GPU-hours (default: the rate each row's dry run "
+                           "measured on this device, python -m segexp.tables.dryrun)")
+    plan.add_argument("--gpu-mem", type=float, default=80.0, help="GiB per device rows must fit (default 80)")
+    plan.add_argument("--node-gpus", type=int, default=8, help="GPUs of one node, for node-hours (default 8)")
+    plan.add_argument("--device", help="read the dry-run records of this device (default: this machine's)")
+    plan.add_argument("--csv", type=Path, help="write the per-row cost as CSV")
+    plan.add_argument("--json", type=Path, help="write the per-row cost and the totals as JSON")
     report = sub.add_parser("report", parents=[common],
                             help="write <id>.<profile>.{md,csv,png} (experiments/results or outputs)")
     report.add_argument("table", help=f"table id, or '{ALL}' for every ready table")
@@ -96,7 +111,7 @@ def tables_for(name: str) -> list[TableSpec]:
 def command_list() -> int:
     """Per table and profile: the rows with results under outputs/, marked ``*`` when a report of that profile is
     committed in experiments/results/ (its runs are not in this checkout's outputs/)."""
-    profiles = profile_names()
+    profiles = [name for name in profile_names() if name != DRYRUN_PROFILE]  # dry runs record costs, not results
     print(f"{'table':<16} {'status':<8} {'rows':>4}  " + "  ".join(f"{p:>7}" for p in profiles) + "  title")
     committed = False
     for spec in load_all():
@@ -134,6 +149,11 @@ def report_table(spec: TableSpec, profile: Profile) -> bool:
 
 
 def command_run(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    if args.profile == DRYRUN_PROFILE:  # real shapes on synthetic scenes, on this device: its own runner
+        from segexp.tables.dryrun import main as dryrun_main
+
+        options = [*(["--rows", args.rows] if args.rows else []), *(["--batch", str(args.batch)] if args.batch else [])]
+        return dryrun_main([args.table, *options, *(["--quiet"] if args.quiet else [])])
     specs = tables_for(args.table)
     pending = [s for s in specs if not s.ready]
     if pending and args.table != ALL:
@@ -159,16 +179,61 @@ def command_run(args: argparse.Namespace, extra: Sequence[str]) -> int:
 
 def command_plan(args: argparse.Namespace, extra: Sequence[str]) -> int:
     """The table's card, then per row: the runs (training / eval, device kind, processes, precision, batch,
-    steps, eval geometry) and its composed card; rows that contradict the card are marked."""
-    from segexp.tables.plan_text import plan_text
+    steps, eval geometry) and its composed card; rows that contradict the card are marked; then their cost
+    (:mod:`segexp.tables.cost`). ``all``: the cost of every ready table, one line each, and the total."""
+    from segexp.tables import cost
+    from segexp.tables.measure import current_device, device_name
+    from segexp.tables.plan_text import all_cost_text, cost_text, plan_text
     from segexp.tables.runner import plan_table
 
-    spec = load_table(args.table)
+    if args.gpu_mem <= 0 or args.node_gpus < 1:
+        raise SpecError(f"--gpu-mem must be > 0 and --node-gpus >= 1, got {args.gpu_mem} and {args.node_gpus}")
+    rate = None
+    if args.tflops is not None:
+        try:
+            rate = cost.given_rate(args.tflops)
+        except ValueError as err:
+            raise SpecError(str(err)) from None
+    device = args.device or device_name(current_device())
+    specs = tables_for(args.table)
     profile = with_extra_settings(load_profile(args.profile), split_hydra(extra)[0])
     rows = [r for r in args.row.split(",") if r] if args.row else None
-    plan = plan_table(spec, profile, seeds=args.seeds, rows=rows, launcher=args.launcher, extra=extra)
-    print("\n".join(plan_text(spec, profile, plan)))
+    tables = []
+    for spec in specs:
+        if not spec.ready and args.table == ALL:
+            print(f"skipped {spec.pending_message()}", file=sys.stderr)
+            continue
+        plan = plan_table(spec, profile, seeds=args.seeds, rows=rows, launcher=args.launcher, extra=extra,
+                          quiet=True)
+        tables.append(cost.table_cost(spec, plan, args.seeds, rate, args.gpu_mem, device))
+        add_cluster_rows(tables[-1], spec, profile, plan, args, extra, rate, device)
+        if args.table != ALL:
+            print("\n".join([*plan_text(spec, profile, plan), *cost_text(tables[-1], args.gpu_mem, args.node_gpus)]))
+    if args.table == ALL:
+        print(f"{args.profile} profile, {args.seeds} seed(s); training = 3 x forward FLOPs x effective batch x steps "
+              "+ validations; dry-run records of: " + device)
+        print("\n".join(all_cost_text(tables, args.gpu_mem, args.node_gpus)))
+    for path in cost.write_outputs(tables, args.csv, args.json, args.gpu_mem, device, args.node_gpus):
+        print(f"cost written to {display_path(path)}")
     return 0
+
+
+def add_cluster_rows(table: TableCost, spec: TableSpec, profile: Profile, plan: TablePlan, args: argparse.Namespace,
+                     extra: Sequence[str], rate: Rate | None, device: str) -> None:
+    """Cost the runnable rows this launcher cannot start (several nodes need a cluster launcher) as they would run
+    under one, so that a table's cost covers every row; each such row says so."""
+    from segexp.tables import cost
+
+    if args.launcher == cost.CLUSTER_LAUNCHER:
+        return
+    other = cost.cluster_rows_plan(spec, profile, plan, args.seeds, extra)
+    if other is None:
+        return
+    for row in cost.table_cost(spec, other, args.seeds, rate, args.gpu_mem, device).rows:
+        if row.row in plan.planning.not_run:
+            row.notes.append(f"not run with this launcher ({plan.planning.not_run[row.row]}); costed as under "
+                             f"--launcher {cost.CLUSTER_LAUNCHER}")
+            table.rows.append(row)
 
 
 def command_report(args: argparse.Namespace) -> int:

@@ -1,12 +1,14 @@
 """What ``segexp-table plan`` prints: a table's protocol card, the runs a profile would start (training and
 evaluation, device kind, processes, precision, batch, iterations, evaluation geometry) and each row's composed
-card, with the settings that deviate from the paper or contradict the card. Nothing is run."""
+card, with the settings that deviate from the paper or contradict the card; then what the runs cost (FLOPs,
+GPU-hours, peak memory per device: :mod:`segexp.tables.cost`). Nothing is run."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from segexp.tables.card import CardLine, card_table, format_value, is_eval_key, setting_of, statement_lines
+from segexp.tables.cost import RowCost, TableCost
 from segexp.tables.plan import EVAL, Job, effective_batch, world_size
 from segexp.tables.runner import TablePlan
 from segexp.tables.spec import Card, Profile, TableSpec, display_path
@@ -96,4 +98,85 @@ def plan_text(spec: TableSpec, profile: Profile, plan: TablePlan) -> list[str]:
     problems = [f"  {job.label}: {p}" for job in jobs for p in job.card_problems]
     verdict = "refuses" if profile.check_protocol else "would not check (check_protocol: false)"
     text += ["", f"Contradictions of the card ({len(problems)}; `run` {verdict} them):", *(problems or ["  none"])]
+    return text
+
+
+# ------------------------------------------------------------------------------------------- cost
+def _number(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def _fit(row: RowCost) -> str:
+    if row.fits is None:
+        return "not measured"
+    if row.fits:
+        return "fits"
+    return "DOES NOT FIT" + (f" (max batch {row.max_batch})" if row.max_batch is not None else "")
+
+
+COST_HEADER = (f"  {'row':<24} {'kind':<5} {'seeds':>5} {'procs':>5} {'b/dev':>5} {'batch':>5} {'steps':>6} "
+               f"{'GF/train im':>11} {'GF/eval im':>10} {'eval ims':>9} {'PFLOP':>9} {'GPU-h':>8} {'peak GiB':>8}"
+               "  memory")
+"""b/dev: images per device; batch: the effective batch; GF: GFLOPs; peak GiB: per device (dry run)."""
+
+
+def cost_row_line(row: RowCost) -> str:
+    batch = "-" if row.effective_batch is None else str(row.effective_batch)
+    per_device = "-" if row.per_device_batch is None else str(row.per_device_batch)
+    train = "-" if row.kind == EVAL else f"{row.train_gflops_per_image:,.1f}"
+    return (f"  {row.row:<24} {row.kind:<5} {row.seeds:>5} {row.processes or '?':>5} {per_device:>5} {batch:>5} "
+            f"{row.steps:>6} "
+            f"{train:>11} {row.eval_gflops_per_image:>10,.1f} {row.eval_images:>9,} {row.pflops:>9,.1f} "
+            f"{_number(row.gpu_hours, 2):>8} {_number(row.peak_gib):>8}  {_fit(row)}")
+
+
+def rate_lines(rows: list[RowCost]) -> list[str]:
+    """Where each row's throughput and memory come from (grouped: one line per source)."""
+    sources: dict[str, list[str]] = {}
+    for row in rows:
+        sources.setdefault(row.rate_source, []).append(row.row)
+    lines = [f"  throughput: {source}" + ("" if len(sources) == 1 else f" ({', '.join(names)})")
+             for source, names in sources.items()]
+    lines += [f"  memory of {row.row}: {row.memory_source}" for row in rows if row.peak_gib is not None]
+    lines += [f"  note {row.row}: {note}" for row in rows for note in row.notes]
+    return lines
+
+
+def cost_text(table: TableCost, gpu_mem_gib: float, node_gpus: int) -> list[str]:
+    """The cost section of ``segexp-table plan``: per row FLOPs, runs, GPU-hours and peak memory, then the total."""
+    rule = (f"training: 3 x forward FLOPs (forward + backward) x effective batch x steps, + validations x val images "
+            f"x FLOPs per evaluated image; all seeds; memory per device against --gpu-mem {gpu_mem_gib:g} GiB")
+    text = ["", f"Cost ({rule}):", COST_HEADER, *(cost_row_line(r) for r in table.rows)]
+    text += [f"  {label:<24} cost unknown: {error}" for label, error in table.failed.items()]
+    text += rate_lines(table.rows)
+    text.append(total_line(table.table, table.pflops, table.gpu_hours, node_gpus, table.too_big))
+    return text
+
+
+def total_line(name: str, pflops: float, gpu_hours: float | None, node_gpus: int, too_big: list[str]) -> str:
+    hours = ("GPU-hours unknown (no rate for some rows: give --tflops)" if gpu_hours is None else
+             f"{gpu_hours:,.1f} GPU-hours = {gpu_hours / node_gpus:,.1f} h on one {node_gpus}-GPU node")
+    memory = f"; over --gpu-mem: {', '.join(too_big)}" if too_big else ""
+    return f"  total {name}: {pflops:,.1f} PFLOP, {hours}{memory}"
+
+
+def all_cost_text(tables: list[TableCost], gpu_mem_gib: float, node_gpus: int) -> list[str]:
+    """``segexp-table plan all``: one line per table, the rows that do not fit, and the grand total."""
+    text = [f"{'table':<16} {'rows':>4} {'PFLOP':>10} {'GPU-h':>9} {f'{node_gpus}-GPU node h':>14}  "
+            f"over {gpu_mem_gib:g} GiB"]
+    for table in tables:
+        hours = table.gpu_hours
+        node = None if hours is None else hours / node_gpus
+        measured = sum(r.fits is not None for r in table.rows)
+        memory = ", ".join(table.too_big) or (f"none of {measured}/{len(table.rows)} rows measured" if measured
+                                              else "not measured")
+        failed = f"  ({len(table.failed)} rows not costed)" if table.failed else ""
+        text.append(f"{table.table:<16} {len(table.rows):>4} {table.pflops:>10,.1f} {_number(hours):>9} "
+                    f"{_number(node):>14}  {memory}{failed}")
+    hours = [t.gpu_hours for t in tables]
+    total = None if None in hours else sum(hours)
+    text.append(total_line("all", sum(t.pflops for t in tables), total, node_gpus,
+                           [f"{t.table}:{r}" for t in tables for r in t.too_big]))
+    sources = sorted({r.rate_source for t in tables for r in t.rows})
+    text += [f"  throughput: {source}" for source in sources]
     return text

@@ -6,8 +6,12 @@ an eval-only row's settings the same way."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from omegaconf import DictConfig, OmegaConf
+
+from segexp.training.checkpoints import upgrade_stored_config
 
 GPU_ACCELERATORS = ("gpu", "cuda")
 """Lightning accelerator names of a CUDA device."""
@@ -39,3 +43,23 @@ def inference_of_checkpoint(chosen: DictConfig | None, trained: DictConfig | Non
     inherited = {key: trained[key] for key in chosen
                  if OmegaConf.is_missing(chosen, key) and trained is not None and key in trained}
     return OmegaConf.create({**inherited, **kept})
+
+
+def run_config(cfg: DictConfig, stored: dict[str, Any]) -> DictConfig:
+    """The training config stored in a checkpoint (upgraded to today's names), with an evaluation's choices
+    applied (``cfg``: segexp-eval's or segexp-predict's config): dataset and data settings when given, the eval
+    output stride, its trainer (:func:`trainer_of_checkpoint`) and inference (:func:`inference_of_checkpoint`)."""
+    run = OmegaConf.create(upgrade_stored_config(stored))
+    if cfg.get("dataset") is not None:
+        run.dataset = cfg.dataset
+    given = {k: v for k, v in (cfg.get("data") or {}).items() if v is not None}
+    run.data = OmegaConf.merge(run.get("data") or {}, given)
+    if cfg.model.get("eval_output_stride") is not None:
+        run.model.eval_output_stride = cfg.model.eval_output_stride
+    run.backbone.pretrained = None  # the checkpoint holds the weights
+    run.model.init_from = None
+    for key in ("logger", "callbacks", "output_dir", "seed"):
+        run[key] = cfg.get(key)
+    run.trainer = trainer_of_checkpoint(cfg.trainer, run.trainer)
+    run.inference = inference_of_checkpoint(cfg.get("inference"), run.get("inference"))
+    return run
