@@ -99,7 +99,7 @@ def test_an_image_larger_than_pad_to_fails_naming_the_key_and_the_sizes() -> Non
 
 def test_scales_and_flip_act_on_the_padded_image_as_tf_deeplab_does() -> None:
     """Pad 10x13 -> 16x16; per scale resize the padded image (16 -> 8 at 0.5), flip the padded image (its
-    padding then on the left), softmax, resize back to 16x16, average the four, crop to 10x13."""
+    padding then on the left), resize the logits back to 16x16, softmax, average the four, crop to 10x13."""
     torch.manual_seed(0)
     x = torch.randn(1, 3, 10, 13)
     model = asymmetric_global_model
@@ -111,7 +111,7 @@ def test_scales_and_flip_act_on_the_padded_image_as_tf_deeplab_does() -> None:
     def up(p: Tensor) -> Tensor:
         return F.interpolate(p, size=(16, 16), mode="bilinear", align_corners=False)
 
-    views = [up(model(half).softmax(1)), up(model(half.flip(-1)).softmax(1).flip(-1)),
+    views = [up(model(half)).softmax(1), up(model(half.flip(-1)).flip(-1)).softmax(1),
              model(padded).softmax(1), model(padded.flip(-1)).softmax(1).flip(-1)]
     expected = (sum(views) / 4)[..., :10, :13]
     assert torch.allclose(out, expected, atol=1e-6)
