@@ -6,6 +6,12 @@ backbone's description of the features it reads), the number of classes, the bac
 for a fusion that reads features (``in_keys``), their channels, the number of classes and the scales --
 are passed here, never repeated in YAML. The ``model`` node (:class:`ModelOptions`) says how the parts
 are put together and trained.
+
+Each part built here must provide its contract (:mod:`segexp.models.contracts`): the backbone a
+:class:`~segexp.models.contracts.Backbone`, the head and auxiliary head a :class:`~segexp.models.contracts.Head`,
+the fusion a :class:`~segexp.models.contracts.Fusion`, and a head or fusion whose node names ``in_keys`` a
+:class:`~segexp.models.contracts.ReadsFeatures`. A part that does not is refused with a ConfigError naming its
+key, its ``_target_`` and the members it lacks.
 """
 
 from __future__ import annotations
@@ -22,6 +28,17 @@ from torch import nn
 
 from segexp.config import ConfigError
 from segexp.models.backbones.frozen_bn import freeze_batchnorm
+from segexp.models.contracts import (
+    Backbone,
+    ContractError,
+    ExposesFeatures,
+    Fusion,
+    Head,
+    ReadsFeatures,
+    check_contract,
+    contract_members,
+    missing_members,
+)
 from segexp.models.segmentor import HEAD_FEATURES, Segmentor, exposes_features
 
 log = logging.getLogger(__name__)
@@ -86,13 +103,28 @@ def build_segmentor(cfg: DictConfig, num_classes: int,
 
 
 def build_backbone(node: DictConfig) -> nn.Module:
-    """The backbone; a ValueError of its constructor (a bad depth, unit name, stride) becomes a ConfigError."""
+    """The backbone; a ValueError of its constructor (a bad depth, unit name, stride) becomes a ConfigError, and
+    so does a backbone that is not a :class:`~segexp.models.contracts.Backbone`."""
     try:
-        return instantiate(node)
+        backbone = instantiate(node)
     except InstantiationException as err:
         if isinstance(err.__cause__, ValueError):
             raise ConfigError(f"backbone: {err.__cause__}") from err
         raise
+    require(backbone, Backbone, "backbone", node)
+    return backbone
+
+
+def require(part: object, contract: type, key: str, node: DictConfig) -> None:
+    """A ConfigError naming config key ``key``, the node's ``_target_``, the contract and the members ``part``
+    lacks, unless ``part`` provides ``contract``; a part whose node names ``in_keys`` must also keep them
+    (:class:`~segexp.models.contracts.ReadsFeatures`), else the segmentor cannot tell what it reads."""
+    contracts = (contract, ReadsFeatures) if node.get("in_keys") else (contract,)
+    try:
+        for each in contracts:
+            check_contract(part, each, key)
+    except ContractError as err:
+        raise ConfigError(f"{key}._target_={node.get('_target_')}: {err}") from err
 
 
 def with_blocks(backbone: DictConfig, block: DictConfig | None) -> DictConfig:
@@ -127,12 +159,14 @@ def build_head(node: DictConfig, key: str, backbone: nn.Module, num_classes: int
         params = OmegaConf.to_container(node, resolve=True)
         node = OmegaConf.create({k: v for k, v in params.items() if k not in BUILDER_KEYS[key]})
     try:
-        return instantiate(node, in_channels=input_channels(backbone, node.get("in_keys"), key),
+        head = instantiate(node, in_channels=input_channels(backbone, node.get("in_keys"), key),
                            num_classes=num_classes, output_stride=output_stride)
     except ValueError as err:
         if isinstance(err, ConfigError):
             raise
         raise ConfigError(f"{key} at backbone.output_stride={output_stride}: {err}") from err
+    require(head, Head, key, node)
+    return head
 
 
 def aux_loss_weight(node: DictConfig) -> float:
@@ -161,15 +195,19 @@ def build_fusion(
         return None
     in_keys = cfg.fusion.get("in_keys")
     if not in_keys:
-        return instantiate(cfg.fusion)
+        fusion = instantiate(cfg.fusion)
+        require(fusion, Fusion, "fusion", cfg.fusion)
+        return fusion
     channels = input_channels(backbone, in_keys, "fusion", head=head)
     try:
-        return instantiate(cfg.fusion, in_channels=channels if isinstance(channels, list) else [channels],
-                           num_classes=num_classes, scales=list(scales), output_stride=int(backbone.output_stride))
+        fusion = instantiate(cfg.fusion, in_channels=channels if isinstance(channels, list) else [channels],
+                             num_classes=num_classes, scales=list(scales), output_stride=int(backbone.output_stride))
     except InstantiationException as err:
         if isinstance(err.__cause__, ValueError):
             raise ConfigError(f"fusion: {err.__cause__}") from err
         raise
+    require(fusion, Fusion, "fusion", cfg.fusion)
+    return fusion
 
 
 def input_channels(
@@ -184,8 +222,9 @@ def input_channels(
     if head is not None:
         if HEAD_FEATURES in keys and not exposes_features(head):
             raise ConfigError(f"{key}.in_keys={keys}: '{HEAD_FEATURES}' reads the head's penultimate features, but "
-                              f"{type(head).__name__} does not expose them (forward_features / classify / "
-                              "feature_channels)")
+                              f"{type(head).__name__} does not expose them: it lacks "
+                              f"{', '.join(missing_members(head, ExposesFeatures))} (a head that "
+                              f"{ExposesFeatures.__name__} provides {', '.join(contract_members(ExposesFeatures))})")
         if exposes_features(head):
             known[HEAD_FEATURES] = int(head.feature_channels)
     unknown = [key for key in keys if key not in known]

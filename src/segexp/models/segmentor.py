@@ -19,10 +19,16 @@ when 1.0 is not among them).
 
 A fusion reads the per-scale features named by its ``in_keys`` (none for max / mean): backbone features
 by name, and ``"head"`` (:data:`HEAD_FEATURES`) for the head's penultimate features (fc7 of
-DeepLab-LargeFOV, the input of attention to scale). A head provides those by ``forward_features`` /
-``classify`` / ``feature_channels``; a fusion that weighs the scales per pixel (attention) exposes the
-weights by ``scale_weights(logits, features)``, which :meth:`Segmentor.scale_attention` returns for the
-dashboards.
+DeepLab-LargeFOV, the input of attention to scale).
+
+What the segmentor asks of each part is declared in :mod:`segexp.models.contracts` and asked by ``isinstance``
+on those Protocols: the backbone must be a :class:`~segexp.models.contracts.Backbone`; a head reads its
+``in_keys`` (:class:`~segexp.models.contracts.ReadsFeatures`, else ``"out"``); a part follows another output
+stride only with ``set_output_stride`` (:class:`~segexp.models.contracts.FollowsOutputStride`, else asking for
+another stride raises); a fusion reading ``"head"`` needs a head that
+:class:`~segexp.models.contracts.ExposesFeatures`; a fusion that weighs the scales per pixel
+(:class:`~segexp.models.contracts.ScaleWeighting`) gives the weights :meth:`Segmentor.scale_attention` returns
+for the dashboards.
 """
 
 from __future__ import annotations
@@ -33,6 +39,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from segexp.geometry import scaled_size
+from segexp.models.contracts import (
+    Backbone,
+    ContractError,
+    ExposesFeatures,
+    FollowsOutputStride,
+    ScaleWeighting,
+    check_contract,
+    contract_members,
+    feature_keys,
+    missing_members,
+)
 
 MAIN_OUTPUT = "out"
 AUX_OUTPUT = "aux"
@@ -45,25 +62,32 @@ def scale_output_name(scale: float) -> str:
     return f"{MAIN_OUTPUT}_scale{scale:g}"
 
 
-def single_feature_keys(in_keys: Sequence[str], head: str) -> tuple[str]:
-    """``in_keys`` of a head that reads one feature map, as a tuple; a ValueError naming ``head`` otherwise."""
-    keys = tuple(in_keys)
-    if len(keys) != 1:
-        raise ValueError(f"{head} reads one feature map, got in_keys={list(keys)}")
-    return keys
-
-
 def head_input(features: dict[str, Tensor], head: nn.Module) -> Tensor | list[Tensor]:
     """The backbone features a head reads, by its ``in_keys`` (default the last stage, ``"out"``): the one
     tensor for a one-key head, else the list in ``in_keys`` order."""
-    keys = tuple(getattr(head, "in_keys", ("out",)))
+    keys = feature_keys(head, default=(MAIN_OUTPUT,))
     return features[keys[0]] if len(keys) == 1 else [features[key] for key in keys]
 
 
 def exposes_features(head: nn.Module) -> bool:
-    """Whether ``head`` provides its penultimate features (``forward_features`` / ``classify`` /
-    ``feature_channels``), which a fusion can read as ``"head"``."""
-    return all(hasattr(head, name) for name in ("forward_features", "classify", "feature_channels"))
+    """Whether ``head`` provides its penultimate features (:class:`~segexp.models.contracts.ExposesFeatures`:
+    ``forward_features`` / ``classify`` / ``feature_channels``), which a fusion can read as ``"head"``."""
+    return isinstance(head, ExposesFeatures)
+
+
+def reads_head_features(fusion: nn.Module | None) -> bool:
+    """Whether ``fusion`` reads the head's penultimate features (``"head"`` among its ``in_keys``)."""
+    return fusion is not None and HEAD_FEATURES in feature_keys(fusion, default=())
+
+
+def check_head_features(head: nn.Module, fusion: nn.Module | None) -> None:
+    """A :class:`~segexp.models.contracts.ContractError` naming the head and what it lacks when ``fusion`` reads
+    the head's penultimate features and ``head`` does not expose them."""
+    if reads_head_features(fusion) and not exposes_features(head):
+        raise ContractError(f"fusion ({type(fusion).__name__}) reads '{HEAD_FEATURES}', the head's penultimate "
+                            f"features, but head ({type(head).__name__}) does not expose them: it lacks "
+                            f"{', '.join(missing_members(head, ExposesFeatures))} "
+                            f"({', '.join(contract_members(ExposesFeatures))})")
 
 
 class Segmentor(nn.Module):
@@ -91,6 +115,8 @@ class Segmentor(nn.Module):
         if len(self.scales) > 1 and fusion is None:
             raise ValueError(f"model.scales={list(self.scales)} runs several scales: choose how their logits are "
                              "fused, e.g. fusion=max or fusion=mean")
+        check_contract(backbone, Backbone, "backbone")
+        check_head_features(head, fusion if len(self.scales) > 1 else None)
         self.backbone = backbone
         self.head = head
         self.aux_head = aux_head
@@ -120,19 +146,20 @@ class Segmentor(nn.Module):
 
     def set_output_stride(self, output_stride: int) -> None:
         """Re-configure the dilations of every part for another output stride (same weights). Output stride is
-        a contract: a part without ``set_output_stride`` cannot follow, and asking for another stride raises
-        a ValueError naming it rather than evaluating a different model."""
+        a contract: a part without ``set_output_stride`` (:class:`~segexp.models.contracts.FollowsOutputStride`)
+        cannot follow, and asking for another stride raises a ValueError naming it, before any part is changed,
+        rather than evaluating a different model."""
         parts = {"backbone": self.backbone, "head": self.head, "aux_head": self.aux_head, "fusion": self.fusion}
-        current = self.output_stride
-        for name, part in parts.items():
-            if part is None:
-                continue
-            if not hasattr(part, "set_output_stride"):
-                if output_stride != current:
-                    raise ValueError(f"{name} ({type(part).__name__}) has no set_output_stride: it cannot run at "
-                                     f"output stride {output_stride}")
-                continue
-            part.set_output_stride(output_stride)
+        parts = {name: part for name, part in parts.items() if part is not None}
+        fixed = [f"{name} ({type(part).__name__})" for name, part in parts.items()
+                 if not isinstance(part, FollowsOutputStride)]
+        if fixed and output_stride != self.output_stride:
+            has, it = ("has", "it") if len(fixed) == 1 else ("have", "they")
+            raise ValueError(f"{', '.join(fixed)} {has} no set_output_stride: {it} cannot run at output stride "
+                             f"{output_stride}")
+        for part in parts.values():
+            if isinstance(part, FollowsOutputStride):
+                part.set_output_stride(output_stride)
 
     def forward_raw(self, images: Tensor) -> dict[str, Tensor]:
         """Low-resolution logits by output name: ``out`` (+ ``aux`` with an auxiliary head, + ``out_scale<s>``
@@ -148,7 +175,7 @@ class Segmentor(nn.Module):
     def _streams(self, images: Tensor) -> tuple[list[Tensor], list[dict[str, Tensor]], dict[str, Tensor]]:
         """Each scale's logits and features (the backbone's, plus the head's when the fusion reads them), and
         the auxiliary output of the scale-1 stream."""
-        reads_head = HEAD_FEATURES in tuple(getattr(self.fusion, "in_keys", ()))
+        reads_head = reads_head_features(self.fusion)
         per_scale, features, aux = [], [], {}
         for scale in self.scales:
             feats = self.backbone(self._resize(images, scale))
@@ -171,7 +198,7 @@ class Segmentor(nn.Module):
     def scale_attention(self, images: Tensor) -> Tensor | None:
         """The fusion's per-pixel weight of each scale, ``(B, S, H, W)`` at the input's size (scales in
         ``self.scales`` order), or None when the fusion does not weigh scales (max, mean, one scale)."""
-        if self.fusion is None or not hasattr(self.fusion, "scale_weights"):
+        if not isinstance(self.fusion, ScaleWeighting):
             return None
         per_scale, features, _ = self._streams(images)
         weights = self.fusion.scale_weights(self._on_one_grid(per_scale), features)

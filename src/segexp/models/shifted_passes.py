@@ -24,6 +24,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from segexp.config import ConfigError
+from segexp.models.contracts import ShiftablePasses, contract_members, missing_members
 
 OFFSETS = ((0, 0), (0, 1), (1, 0), (1, 1))
 
@@ -32,19 +33,25 @@ def check_shift_passes(model: nn.Module, key: str) -> None:
     """Fail before any work when the model's backbone cannot run shifted passes (the error names ``key``)."""
     backbone = model.backbone
     try:
-        if not hasattr(backbone, "last_strided_stage"):
-            raise ValueError(f"{type(backbone).__name__} has no dense_last_stride")
+        check_shiftable(backbone)
         backbone.last_strided_stage()
     except ValueError as err:
         raise ConfigError(f"{key}: shifted passes cannot run on this model: {err}") from err
 
 
+def check_shiftable(backbone: nn.Module) -> None:
+    """A ValueError naming the backbone unless it can run shifted passes
+    (:class:`~segexp.models.contracts.ShiftablePasses`: ``last_strided_stage`` and ``dense_last_stride``)."""
+    if not isinstance(backbone, ShiftablePasses):
+        raise ValueError(f"shifted passes need a backbone with {', '.join(contract_members(ShiftablePasses))} (the "
+                         f"ResNet has them); {type(backbone).__name__} lacks "
+                         f"{', '.join(missing_members(backbone, ShiftablePasses))}")
+
+
 def shifted_pass_outputs(model: nn.Module, images: Tensor) -> dict[str, Tensor]:
     """Every output of ``model.forward_raw`` at twice its resolution, from four shifted passes."""
     backbone = model.backbone
-    if not hasattr(backbone, "dense_last_stride"):
-        raise ValueError(f"shifted passes need a backbone with dense_last_stride (the ResNet has it); "
-                         f"{type(backbone).__name__} has none")
+    check_shiftable(backbone)
     passes = {}
     for offset in OFFSETS:
         with backbone.dense_last_stride(offset):

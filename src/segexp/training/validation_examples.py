@@ -13,6 +13,7 @@ from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
 from torch import Tensor
 
 from segexp.data.datasets.base import IGNORE_INDEX
+from segexp.models.contracts import ScaleWeighting
 
 
 class ValidationExamples(pl.Callback):
@@ -76,7 +77,7 @@ class ValidationExamples(pl.Callback):
         """The per-scale attention weights of the model's fusion on the logged images (``inputs``: each image's
         normalised (1, 3, H, W) tensor), if it has any."""
         model = getattr(pl_module, "model", None)
-        if getattr(model, "fusion", None) is None or not hasattr(model.fusion, "scale_weights"):
+        if not isinstance(getattr(model, "fusion", None), ScaleWeighting):
             return
         maps = []
         with torch.no_grad():

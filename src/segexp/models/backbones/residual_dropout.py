@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from segexp.models.contracts import ResidualUnit
+
 
 class ResidualDropout(nn.Module):
     """Wraps a residual unit exposing ``residual(x)`` and ``shortcut(x)`` (BasicBlock, Bottleneck)."""
@@ -21,7 +23,7 @@ class ResidualDropout(nn.Module):
         super().__init__()
         if not 0.0 <= p < 1.0:
             raise ValueError(f"backbone.dropout must be in [0, 1), got {p}")
-        if not (hasattr(unit, "residual") and hasattr(unit, "shortcut")):
+        if not isinstance(unit, ResidualUnit):
             raise ValueError(f"ResidualDropout wraps a residual unit with residual() and shortcut(), got "
                              f"{type(unit).__name__}")
         self.unit = unit

@@ -377,7 +377,7 @@ class ResNet(nn.Module):
             stage: nn.Sequential = getattr(self, name)
             unit_rates = self.multi_grid if index >= 3 else (1,) * len(stage)
             for unit_index, unit in enumerate(stage):
-                inner = getattr(unit, "unit", unit)  # a wrapped unit (see wrap_unit)
+                inner = unwrapped(unit)
                 grid = unit_rates[unit_index]
                 if unit_index == 0:
                     inner.set_geometry(step.stride, step.rate * grid, entry_dilation=step.entry_rate * grid)
@@ -430,7 +430,7 @@ class ResNet(nn.Module):
 
     def stage_dilations(self, name: str) -> list[tuple[int, ...]]:
         """Dilations of the 3x3 convs of each unit in stage ``name`` (for inspection and tests)."""
-        return [getattr(unit, "unit", unit).dilations() for unit in getattr(self, name)]
+        return [unwrapped(unit).dilations() for unit in getattr(self, name)]
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
@@ -440,6 +440,12 @@ class ResNet(nn.Module):
             features[name] = x
         features["out"] = x
         return features
+
+
+def unwrapped(unit: nn.Module) -> nn.Module:
+    """The residual unit itself: ``unit``, or the one a wrapper holds as its ``unit`` (:meth:`ResNet.wrap_unit`
+    checks that every wrapper does)."""
+    return getattr(unit, "unit", unit)
 
 
 def _check_multi_grid(multi_grid: Sequence[int] | None, expected_length: int) -> tuple[int, ...]:

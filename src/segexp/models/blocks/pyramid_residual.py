@@ -59,6 +59,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from segexp.models.contracts import ResidualUnit
+
 Mode = Literal["full", "pyramid_only", "attention_only"]
 ReluPlace = Literal["after_pool", "between_convs"]
 AttentionMaps = Literal["one", "per_level"]
@@ -171,7 +173,7 @@ class PyramidResidualBlock(nn.Module):
                  mode: Mode = "full", relu: ReluPlace = "after_pool", attention_maps: AttentionMaps = "one") -> None:
         super().__init__()
         self.bins = _check_arguments(reduction, bins, mode, relu, attention_maps)
-        if not (hasattr(unit, "residual") and hasattr(unit, "shortcut")):
+        if not isinstance(unit, ResidualUnit):
             raise ValueError(f"PyramidResidualBlock wraps a residual unit with residual() and shortcut(), got "
                              f"{type(unit).__name__}")
         self.unit = unit

@@ -43,6 +43,7 @@ import torch
 from torch import Tensor, nn
 
 from segexp.models.fusion.attention_to_scale import check_scale_inputs, resize_to, weighted_sum
+from segexp.models.output_stride import scaled_dilation, set_dilation
 
 LargeDilationOn = Literal["large_scale", "small_scale"]
 """The stream that gets the largest dilation: the largest-scale input (Sec. 3) or the smallest (Sec. 2.1)."""
@@ -126,13 +127,10 @@ class MultiScaleAttention(nn.Module):
         dilation * built / ``output_stride`` (a ValueError when that is not an integer)."""
         if self.multi_stage or self.output_stride is None:
             return
-        for conv_relu, dilation in zip(self.streams, self.stream_dilations):
-            scaled = dilation * self.output_stride
-            if scaled % output_stride:
-                raise ValueError(f"MultiScaleAttention: dilation {dilation} (given at output stride "
-                                 f"{self.output_stride}) is not an integer at output stride {output_stride}")
-            conv = conv_relu[0]
-            conv.dilation = conv.padding = (scaled // output_stride,) * 2
+        dilations = [scaled_dilation(dilation, self.output_stride, output_stride, "MultiScaleAttention: dilation")
+                     for dilation in self.stream_dilations]
+        for conv_relu, dilation in zip(self.streams, dilations):
+            set_dilation(conv_relu[0], dilation)
 
     def hypercolumn(self, feats: dict[str, Tensor]) -> Tensor:
         """One stream's ``stream_keys`` features resized to the largest of their grids and concatenated."""

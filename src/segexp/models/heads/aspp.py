@@ -31,8 +31,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from segexp.models.heads.base import ClassifierHead, classifier_conv, dropout2d, single_feature_keys
 from segexp.models.heads.pooling import PoolingBranch
-from segexp.models.segmentor import single_feature_keys
+from segexp.models.output_stride import scaled_dilations, set_dilation
 
 DEFAULT_RATES = (6, 12, 18)
 
@@ -47,33 +48,13 @@ def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int, dilation
     )
 
 
-def scaled_dilations(
-    rates: Sequence[int], rates_output_stride: int, output_stride: int, owner: str = "ASPP"
-) -> tuple[int, ...]:
-    """Each rate's dilation at ``output_stride``: rate * rates_output_stride / output_stride (DeepLabv3 Sec. 3.3,
-    "the rates are doubled when output_stride=8"). A rate that does not give a whole dilation >= 1 raises a
-    ValueError naming ``owner``, the rate and the output stride."""
-    dilations = []
-    for rate in rates:
-        scaled = rate * rates_output_stride
-        if scaled % output_stride or scaled < output_stride:
-            raise ValueError(
-                f"{owner} rates {list(rates)} (given for output stride {rates_output_stride}) do not "
-                f"scale to output stride {output_stride}: rate {rate} would be dilation "
-                f"{scaled / output_stride:g}; choose rates that are multiples of {output_stride} / "
-                f"gcd(rates_output_stride, {output_stride}) or another output stride"
-            )
-        dilations.append(scaled // output_stride)
-    return tuple(dilations)
-
-
 def image_pooling_branch(in_channels: int, channels: int, owner: str) -> PoolingBranch:
     """DeepLabv3's image-level features (Sec. 3.3): the 1-bin :class:`PoolingBranch` of the ASPP and PAC heads."""
     return PoolingBranch(in_channels, channels, bins=1, name=f"{owner} image-level branch",
                          remedy="or set image_pooling=False (the paper trains at batch 16)")
 
 
-class ASPPHead(nn.Module):
+class ASPPHead(ClassifierHead, nn.Module):
     """DeepLabv3 ASPP head mapping (B, in_channels, h, w) to (B, num_classes, h, w) logits."""
 
     def __init__(
@@ -101,8 +82,8 @@ class ASPPHead(nn.Module):
         self.image_pool = image_pooling_branch(in_channels, channels, "ASPPHead") if image_pooling else None
         self.num_branches = 1 + len(self.rates) + int(image_pooling)
         self.project = conv_bn_relu(self.num_branches * channels, channels, kernel_size=1)
-        self.dropout: nn.Module = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
-        self.classifier = nn.Conv2d(channels, num_classes, kernel_size=1, bias=True)
+        self.dropout = dropout2d(dropout)
+        self.classifier = classifier_conv(channels, num_classes)
         self.output_stride = output_stride
         self.set_output_stride(output_stride)
 
@@ -117,17 +98,9 @@ class ASPPHead(nn.Module):
 
     def set_output_stride(self, output_stride: int) -> None:
         """Set each atrous branch to its dilation at ``output_stride`` (padding alike)."""
-        dilations = self.dilations_at(output_stride)
-        for branch, dilation in zip(self.atrous, dilations):
-            conv: nn.Conv2d = branch[0]
-            conv.dilation = (dilation, dilation)
-            conv.padding = (dilation, dilation)
+        for branch, dilation in zip(self.atrous, self.dilations_at(output_stride)):
+            set_dilation(branch[0], dilation)
         self.output_stride = output_stride
-
-    @property
-    def feature_channels(self) -> int:
-        """Channels of :meth:`forward_features` (the projection's)."""
-        return self.classifier.in_channels
 
     def forward_features(self, x: Tensor) -> Tensor:
         """The projected concatenation of the branches: the classifier's input."""
@@ -135,9 +108,3 @@ class ASPPHead(nn.Module):
         if self.image_pool is not None:
             branches.append(self.image_pool(x))
         return self.project(torch.cat(branches, dim=1))
-
-    def classify(self, features: Tensor) -> Tensor:
-        return self.classifier(self.dropout(features))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.classify(self.forward_features(x))

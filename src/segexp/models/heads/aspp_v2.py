@@ -11,7 +11,7 @@ classifier per rate, summed). The VGG-16 form of Fig. 4 puts fc6 (3x3, 1024) -> 
 weights from N(0, 0.01^2), biases 0.
 
 Rates are given for ``rates_output_stride`` (8: DeepLab-V2 runs ResNet-101 at output stride 8) and scaled to
-the features' output stride by :func:`segexp.models.heads.aspp.scaled_dilations` (dilation = rate *
+the features' output stride by :func:`segexp.models.output_stride.scaled_dilations` (dilation = rate *
 rates_output_stride / output_stride, so 6, 12, 18, 24 at OS 8 are 3, 6, 9, 12 at OS 16). The head is built at
 ``output_stride`` (the backbone's, passed by the builder) and ``set_output_stride`` re-scales the same weights
 for another one; rates that do not scale to a whole dilation raise a ValueError naming the output stride.
@@ -23,8 +23,8 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from segexp.models.heads.aspp import scaled_dilations
-from segexp.models.segmentor import single_feature_keys
+from segexp.models.heads.base import classifier_conv, single_feature_keys
+from segexp.models.output_stride import scaled_dilations, set_dilation
 
 ASPP_L_RATES = (6, 12, 18, 24)
 INIT_STD = 0.01
@@ -51,10 +51,7 @@ class ASPPv2Head(nn.Module):
         self.rates_output_stride = rates_output_stride
         self.in_channels = in_channels
         self.num_classes = num_classes
-        self.branches = nn.ModuleList(
-            nn.Conv2d(in_channels, num_classes, kernel_size=3, padding=rate, dilation=rate, bias=True)
-            for rate in self.rates
-        )
+        self.branches = nn.ModuleList(classifier_conv(in_channels, num_classes, 3, rate) for rate in self.rates)
         for conv in self.branches:
             nn.init.normal_(conv.weight, mean=0.0, std=INIT_STD)
             nn.init.zeros_(conv.bias)
@@ -73,8 +70,7 @@ class ASPPv2Head(nn.Module):
     def set_output_stride(self, output_stride: int) -> None:
         """Set each branch to its dilation at ``output_stride`` (padding alike), same weights."""
         for conv, dilation in zip(self.branches, self.dilations_at(output_stride)):
-            conv.dilation = (dilation, dilation)
-            conv.padding = (dilation, dilation)
+            set_dilation(conv, dilation)
         self.output_stride = output_stride
 
     def forward(self, x: Tensor) -> Tensor:

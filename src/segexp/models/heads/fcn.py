@@ -17,10 +17,11 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from segexp.models.segmentor import single_feature_keys
+from segexp.models.heads.base import ClassifierHead, classifier_conv, dropout2d, single_feature_keys
+from segexp.models.output_stride import scaled_dilation, set_dilation
 
 
-class FCNHead(nn.Module):
+class FCNHead(ClassifierHead, nn.Module):
     """Classifier head mapping (B, in_channels, h, w) features to (B, num_classes, h, w) logits."""
 
     def __init__(
@@ -61,12 +62,8 @@ class FCNHead(nn.Module):
                 nn.ReLU(inplace=True),
             )
             classifier_in = channels
-        self.dropout: nn.Module = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
-        padding = dilation * (kernel_size - 1) // 2
-        self.classifier = nn.Conv2d(
-            classifier_in, num_classes, kernel_size=kernel_size, padding=padding, dilation=dilation, bias=True
-        )
-        self.feature_channels = classifier_in  # of forward_features: the classifier's input
+        self.dropout = dropout2d(dropout)
+        self.classifier = classifier_conv(classifier_in, num_classes, kernel_size, dilation)
 
     def classifier_dilation_at(self, output_stride: int) -> int:
         """The classifier's dilation at ``output_stride``: ``dilation`` is given in feature pixels at the output
@@ -76,27 +73,14 @@ class FCNHead(nn.Module):
         integer there."""
         if self.classifier.kernel_size[0] == 1 or self.output_stride is None:
             return self.dilation
-        scaled = self.dilation * self.output_stride
-        if scaled % output_stride:
-            raise ValueError(
-                f"FCNHead: the classifier's dilation {self.dilation} (given at output stride {self.output_stride}) "
-                f"is not an integer at output stride {output_stride} ({scaled / output_stride:g})"
-            )
-        return scaled // output_stride
+        return scaled_dilation(self.dilation, self.output_stride, output_stride,
+                               "FCNHead: the classifier's dilation")
 
     def set_output_stride(self, output_stride: int) -> None:
         """Re-scale the classifier's dilation (and padding) for ``output_stride``, same weights. The auxiliary
         form's 3x3 conv (``channels > 0``) is not dilated and is left as it is."""
-        dilation = self.classifier_dilation_at(output_stride)
-        self.classifier.dilation = (dilation, dilation)
-        self.classifier.padding = (dilation * (self.classifier.kernel_size[0] - 1) // 2,) * 2
+        set_dilation(self.classifier, self.classifier_dilation_at(output_stride))
 
     def forward_features(self, x: Tensor) -> Tensor:
         """The classifier's input (the backbone feature itself in the single-conv form)."""
         return self.features(x)
-
-    def classify(self, features: Tensor) -> Tensor:
-        return self.classifier(self.dropout(features))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.classify(self.forward_features(x))

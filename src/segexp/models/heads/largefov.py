@@ -35,7 +35,8 @@ import torch
 from torch import Tensor, nn
 
 from segexp.models.backbones.pretrained import read_state_dict
-from segexp.models.segmentor import single_feature_keys
+from segexp.models.heads.base import classifier_conv, dropout2d, single_feature_keys
+from segexp.models.output_stride import scaled_dilation, set_dilation
 
 DILATION_OUTPUT_STRIDE = 8
 """The output stride at which ``dilation`` is given (VGG-16's, Sec. 3.1)."""
@@ -51,10 +52,6 @@ VGG_CLASSIFIER_SHAPES = {
 }
 CHANNEL_STEP = 4  # 4096 -> 1024 channels
 SPATIAL_STEP = 3  # 7x7 -> 3x3 taps
-
-
-def _dropout(p: float) -> nn.Module:
-    return nn.Dropout2d(p) if p > 0 else nn.Identity()
 
 
 class LargeFOVHead(nn.Module):
@@ -85,11 +82,11 @@ class LargeFOVHead(nn.Module):
         self.feature_channels: int = channels
         self.fc6 = nn.Conv2d(in_channels, channels, kernel_size=3, padding=dilation, dilation=dilation)
         self.relu6 = nn.ReLU(inplace=True)
-        self.drop6 = _dropout(dropout)
+        self.drop6 = dropout2d(dropout)
         self.fc7 = nn.Conv2d(channels, channels, kernel_size=1)
         self.relu7 = nn.ReLU(inplace=True)
-        self.drop7 = _dropout(dropout)  # not in place: forward_features' output may be read elsewhere too
-        self.fc8 = nn.Conv2d(channels, num_classes, kernel_size=1)
+        self.drop7 = dropout2d(dropout)  # not in place: forward_features' output may be read elsewhere too
+        self.fc8 = classifier_conv(channels, num_classes)  # the classifier, under its DeepLab name
         self.output_stride = DILATION_OUTPUT_STRIDE if output_stride is None else output_stride
         self.set_output_stride(self.output_stride)
         _init_weights(self)
@@ -99,19 +96,11 @@ class LargeFOVHead(nn.Module):
     def dilation_at(self, output_stride: int) -> int:
         """fc6's dilation at ``output_stride``: ``dilation * 8 / output_stride`` (the same field of view in image
         pixels). Raises ValueError when that is not an integer."""
-        scaled = self.dilation * DILATION_OUTPUT_STRIDE
-        if output_stride < 1 or scaled % output_stride:
-            raise ValueError(
-                f"LargeFOVHead: fc6's dilation {self.dilation} (given at output stride {DILATION_OUTPUT_STRIDE}) is "
-                f"not an integer at output stride {output_stride} ({scaled / max(output_stride, 1):g})"
-            )
-        return scaled // output_stride
+        return scaled_dilation(self.dilation, DILATION_OUTPUT_STRIDE, output_stride, "LargeFOVHead: fc6's dilation")
 
     def set_output_stride(self, output_stride: int) -> None:
         """Re-scale fc6's dilation (and padding) for ``output_stride``, same weights."""
-        dilation = self.dilation_at(output_stride)
-        self.fc6.dilation = (dilation, dilation)
-        self.fc6.padding = (dilation, dilation)
+        set_dilation(self.fc6, self.dilation_at(output_stride))
         self.output_stride = output_stride
 
     def forward_features(self, x: Tensor) -> Tensor:

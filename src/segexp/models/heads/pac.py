@@ -27,7 +27,7 @@ outputs ``ReLU(BN(conv1x1(concat_r z_r)))`` (ASPP's projection).
 
 Rates are given for ``rates_output_stride`` (16: the paper trains at output stride 16 with the DeepLabv3
 protocol, best rates 1,3,5,7,9) and scaled to the features' output stride by DeepLabv3's rule, dilation =
-rate * rates_output_stride / output_stride (shared with ASPP, :func:`segexp.models.heads.aspp.scaled_dilations`):
+rate * rates_output_stride / output_stride (shared with ASPP, :func:`segexp.models.output_stride.scaled_dilations`):
 doubled at output stride 8; a rate that does not scale to a whole dilation (rate 1 at output stride 32) raises
 a ValueError naming the output stride. ``set_output_stride`` re-scales the same weights for another one.
 The image-level branch has ASPP's batch-1 rule (it raises in training mode at batch 1 with a trainable BN).
@@ -42,8 +42,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from segexp.models.heads.aspp import conv_bn_relu, image_pooling_branch, scaled_dilations
-from segexp.models.segmentor import single_feature_keys
+from segexp.models.heads.aspp import conv_bn_relu, image_pooling_branch
+from segexp.models.heads.base import classifier_conv, dropout2d, single_feature_keys
+from segexp.models.output_stride import scaled_dilations
 
 DEFAULT_RATES = (1, 3, 5, 7, 9)
 MERGES = ("sum", "concat")
@@ -136,8 +137,8 @@ class PACHead(nn.Module):
         self.image_pool = image_pooling_branch(in_channels, channels, "PACHead") if image_pooling else None
         self.pac = PyramidAtrousConv(in_channels, channels, self.dilations_at(output_stride), merge=merge, bn=bn)
         self.num_branches = 2 + int(image_pooling)
-        self.dropout: nn.Module = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
-        self.classifier = nn.Conv2d(self.num_branches * channels, num_classes, kernel_size=1, bias=True)
+        self.dropout = dropout2d(dropout)
+        self.classifier = classifier_conv(self.num_branches * channels, num_classes)
         self.output_stride = output_stride
 
     @property

@@ -27,8 +27,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from segexp.models.heads.base import ClassifierHead, classifier_conv, dropout2d, single_feature_keys
 from segexp.models.heads.pooling import PoolingBranch
-from segexp.models.segmentor import single_feature_keys
 
 DEFAULT_BINS = (1, 2, 3, 6)
 
@@ -45,7 +45,7 @@ def check_bins(bins: Sequence[int]) -> tuple[int, ...]:
     return values
 
 
-class PSPHead(nn.Module):
+class PSPHead(ClassifierHead, nn.Module):
     """Pyramid pooling head mapping (B, in_channels, h, w) features to (B, num_classes, h, w) logits."""
 
     def __init__(
@@ -66,7 +66,6 @@ class PSPHead(nn.Module):
         self.in_channels = in_channels
         self.num_classes = num_classes
         self.output_stride = output_stride
-        self.feature_channels: int = channels
         self.branches = nn.ModuleList(
             PoolingBranch(in_channels, channels, b, name=f"PSPHead {b}x{b} branch") for b in self.bins
         )
@@ -75,8 +74,8 @@ class PSPHead(nn.Module):
             nn.BatchNorm2d(channels),
             nn.ReLU(inplace=True),
         )
-        self.dropout: nn.Module = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
-        self.classifier = nn.Conv2d(channels, num_classes, kernel_size=1, bias=True)
+        self.dropout = dropout2d(dropout)
+        self.classifier = classifier_conv(channels, num_classes)
 
     def set_output_stride(self, output_stride: int) -> None:
         """Nothing to re-configure: the bins are numbers of cells, whatever the feature map's size."""
@@ -85,10 +84,3 @@ class PSPHead(nn.Module):
     def forward_features(self, x: Tensor) -> Tensor:
         """The fused pyramid: 3x3 conv-BN-ReLU of [x, every branch], (B, feature_channels, h, w)."""
         return self.bottleneck(torch.cat([x, *(branch(x) for branch in self.branches)], dim=1))
-
-    def classify(self, features: Tensor) -> Tensor:
-        """Logits from :meth:`forward_features`' output: dropout and the 1x1 classifier."""
-        return self.classifier(self.dropout(features))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.classify(self.forward_features(x))
