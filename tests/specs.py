@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from segexp.tables.spec import SpecError, load_spec
+from segexp.tables.spec import load_spec
+from segexp.tables.yaml_reader import SpecError
 
 
 def write_spec(root: Path, text: str, paper: str = "demo", name: str = "t1") -> Path:

@@ -12,7 +12,8 @@ from segexp.cli import table as cli
 from segexp.tables.card import CARD_KEYS, EFFECTIVE_BATCH, missing_settings, same_value
 from segexp.tables.plan import plan_eval_job, plan_train_job
 from segexp.tables.runner import check_cards
-from segexp.tables.spec import CardEntry, SpecError, load_all, load_profile, load_table
+from segexp.tables.spec import CardEntry, load_all, load_profile, load_table
+from segexp.tables.yaml_reader import SpecError
 from tests.specs import assert_spec_error, write_spec
 
 READY = [spec.id for spec in load_all() if spec.ready]

@@ -20,6 +20,7 @@ from segexp.config import REPO_ROOT, compose_config
 from segexp.models.backbones.resnet import ResNet
 from segexp.tables import runner
 from segexp.tables.measure import add_measurements
+from segexp.tables.paths import EXPERIMENTS_DIR, RESULTS_DIR
 from segexp.tables.plan import (
     NotRunUnderProfile,
     compose,
@@ -61,11 +62,8 @@ from segexp.tables.runner import (
     training_stages,
 )
 from segexp.tables.spec import (
-    EXPERIMENTS_DIR,
-    RESULTS_DIR,
     Protocol,
     Row,
-    SpecError,
     load_all,
     load_profile,
     load_spec,
@@ -73,6 +71,7 @@ from segexp.tables.spec import (
     profile_names,
     with_extra_settings,
 )
+from segexp.tables.yaml_reader import SpecError
 from tests.specs import assert_spec_error, write_spec
 
 CATALOG = REPO_ROOT.parent / "shared" / "papers" / "README.md"

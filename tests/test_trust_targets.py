@@ -22,7 +22,8 @@ from segexp.cli.precheck import check_command_line_targets, run_cli, sweep_combi
 from segexp.config import REPO_ROOT, ConfigError, compose_config
 from segexp.tables.plan import plan_train_job
 from segexp.tables.runner import run_table
-from segexp.tables.spec import SpecError, load_profile, load_spec
+from segexp.tables.spec import load_profile, load_spec
+from segexp.tables.yaml_reader import SpecError
 from segexp.targets import TRUST_TARGETS_ENV, UntrustedTargetError, check_target_allowed
 from segexp.training.build import validate
 from tests.conftest import FAST_RUN

@@ -29,15 +29,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from segexp.tables.cost import DRYRUN_PROFILE
+from segexp.tables.paths import EXPERIMENTS_DIR, RESULTS_DIR, display_path
 from segexp.tables.plan import split_hydra
 from segexp.tables.report import NoRuns, write_report
 from segexp.tables.spec import (
-    EXPERIMENTS_DIR,
-    RESULTS_DIR,
     Profile,
-    SpecError,
     TableSpec,
-    display_path,
     load_all,
     load_profile,
     load_table,
@@ -45,6 +42,7 @@ from segexp.tables.spec import (
     with_extra_settings,
 )
 from segexp.tables.store import profile_dir, rows_with_results
+from segexp.tables.yaml_reader import SpecError
 from segexp.targets import TRUST_TARGETS_ENV, TRUST_TARGETS_FLAG, TRUSTED_TARGET_PREFIXES, trust_targets
 
 if TYPE_CHECKING:  # the runner imports torch and Lightning: only `run` needs it

@@ -57,7 +57,8 @@ from segexp.data.datamodule import SegmentationDataModule
 from segexp.data.datasets.synthetic import SyntheticShapes
 from segexp.tables import cost
 from segexp.tables.plan import EVAL, TRAIN, Job, world_size
-from segexp.tables.spec import SpecError, TableSpec, load_all, load_profile, load_table
+from segexp.tables.spec import TableSpec, load_all, load_profile, load_table
+from segexp.tables.yaml_reader import SpecError
 
 PROFILE = cost.DRYRUN_PROFILE
 SCENE_SIZE = 256

@@ -9,7 +9,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from segexp.atomic import process_alive
-from segexp.tables.spec import SpecError, display_path
+from segexp.tables.paths import display_path
+from segexp.tables.yaml_reader import SpecError
 
 LOCK_FILE = ".lock"
 

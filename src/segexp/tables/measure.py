@@ -19,8 +19,8 @@ from segexp.data.datamodule import SegmentationDataModule
 from segexp.environment import device_name
 from segexp.models.build import build_segmentor
 from segexp.tables.plan import Job, compose
-from segexp.tables.spec import MEASURABLE
 from segexp.tables.store import METRICS_FILE, read_json
+from segexp.tables.units import MEASURABLE
 from segexp.training.build import build_datamodule
 
 WARMUP_PASSES = 2

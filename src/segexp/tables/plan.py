@@ -24,8 +24,9 @@ from omegaconf import DictConfig, OmegaConf
 from segexp.config import CONF_DIR, compose_config
 from segexp.overrides import override_key
 from segexp.tables.card import CardLine, card_lines, contradictions
-from segexp.tables.spec import INIT_KEY, Profile, Protocol, Row, TableSpec, fail
+from segexp.tables.spec import INIT_KEY, Profile, Protocol, Row, TableSpec
 from segexp.tables.store import TABLE_ROW_FILE
+from segexp.tables.yaml_reader import fail
 from segexp.targets import UntrustedTargetError
 from segexp.training.devices import effective_batch, requested_devices, world_size
 from segexp.training.eval_settings import GPU_ACCELERATORS, inference_of_checkpoint

@@ -9,9 +9,10 @@ from typing import Any
 
 from segexp.tables.card import CardLine, card_table, format_value, is_eval_key, setting_of, statement_lines
 from segexp.tables.cost import RowCost, TableCost
+from segexp.tables.paths import display_path
 from segexp.tables.plan import EVAL, Job, effective_batch, world_size
 from segexp.tables.runner import TablePlan
-from segexp.tables.spec import Card, Profile, TableSpec, display_path
+from segexp.tables.spec import Card, Profile, TableSpec
 
 
 def _values(job: Job) -> dict[str, Any]:

@@ -27,20 +27,10 @@ from typing import TYPE_CHECKING, Any
 
 from segexp import atomic
 from segexp.tables.card import card_table, statement_lines
-from segexp.tables.spec import (
-    DELTA,
-    MEASURABLE,
-    PER_CLASS_PREFIX,
-    RESULTS_DIR,
-    Profile,
-    Row,
-    TableSpec,
-    display_path,
-    is_tracked_spec,
-    metric_scale,
-    metric_unit,
-)
+from segexp.tables.paths import RESULTS_DIR, display_path, is_tracked_spec
+from segexp.tables.spec import DELTA, Profile, Row, TableSpec
 from segexp.tables.store import RowResults, load_row, profile_dir, scratch_reports_dir
+from segexp.tables.units import MEASURABLE, PER_CLASS_PREFIX, metric_scale, metric_unit
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

@@ -37,6 +37,7 @@ from typing import Any
 from segexp import atomic
 from segexp.overrides import override_key
 from segexp.tables.lock import table_lock
+from segexp.tables.paths import display_path
 from segexp.tables.plan import (
     EVAL,
     TRAIN,
@@ -49,7 +50,7 @@ from segexp.tables.plan import (
     split_hydra,
 )
 from segexp.tables.pruning import PruneCheckpoints, prune_checkpoints, prune_policy
-from segexp.tables.spec import Profile, Row, SpecError, TableSpec, display_path, with_extra_settings
+from segexp.tables.spec import Profile, Row, TableSpec, with_extra_settings
 from segexp.tables.store import (
     ERROR_FILE,
     JOB_STATUS_FILE,
@@ -59,6 +60,7 @@ from segexp.tables.store import (
     profile_dir,
     read_json,
 )
+from segexp.tables.yaml_reader import SpecError
 from segexp.targets import UntrustedTargetError, check_override_targets
 from segexp.training.checkpoints import checkpoint_candidates
 from segexp.training.run_files import set_aside

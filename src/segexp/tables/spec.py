@@ -1,98 +1,40 @@
 """Paper-table specs and run profiles: the schema of ``experiments/<paper>/t<N>.yaml`` and
 ``experiments/profiles/<name>.yaml``, loaded into frozen dataclasses.
 
-Validation is explicit: every error is a :class:`SpecError` whose message starts with the file and the
-full key at fault (``experiments/deeplabv3/t5.yaml: rows[2].paper.mIoU: expected a number, got 'x'``).
-Override strings are parsed with Hydra's own override grammar, so a spec that loads has well-formed
-overrides; whether they compose is checked by composing them (see :mod:`segexp.tables.plan`). A spec or profile
-is a config from someone else too: an override naming code outside the allowed packages (a ``_target_``, see
-:func:`segexp.targets.check_override_targets`) is refused here, by file and key, unless ``--trust-targets``.
+Validation is explicit: every error is a :class:`~segexp.tables.yaml_reader.SpecError` whose message starts with
+the file and the full key at fault (``experiments/deeplabv3/t5.yaml: rows[2].paper.mIoU: expected a number, got
+'x'``). The file is read by :mod:`segexp.tables.yaml_reader`; each override string passes
+:mod:`segexp.tables.override_checks` (Hydra's grammar, allowed ``_target_`` packages unless ``--trust-targets``);
+whether a row's overrides compose is checked by composing them (:mod:`segexp.tables.plan`). Metric names and units
+live in :mod:`segexp.tables.units`, the folders in :mod:`segexp.tables.paths`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
-import yaml
-from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.errors import HydraException
-
-from segexp.config import REPO_ROOT
 from segexp.overrides import override_key
-from segexp.targets import UntrustedTargetError, check_override_targets
-from segexp.validation import closest_key
-
-EXPERIMENTS_DIR = REPO_ROOT / "experiments"
-PROFILES_DIR = EXPERIMENTS_DIR / "profiles"
-RESULTS_DIR = EXPERIMENTS_DIR / "results"
+from segexp.tables.override_checks import check_overrides
+from segexp.tables.paths import EXPERIMENTS_DIR, PROFILES_DIR, display_path, is_tracked_spec
+from segexp.tables.units import MEASURABLE, METRIC_SCALES, PER_CLASS_PREFIX, is_known_metric
+from segexp.tables.yaml_reader import SpecError, YamlMapping, fail, read_yaml
 
 READY, PENDING = "ready", "pending"
 ABSOLUTE, DELTA = "absolute", "delta"
 CHECKPOINT_POLICIES = ("keep", "last", "none")
 """keep: every checkpoint; last: only last.ckpt; none: none once nothing needs them (smoke)."""
-MEASURABLE = ("size_mb", "test_time_s")
-PER_CLASS_PREFIX = "per_class_iou."
-METRIC_SCALES: dict[str, float] = {
-    "mIoU": 100.0,
-    "pixel_acc": 100.0,
-    "mean_acc": 100.0,
-    "size_mb": 1.0,
-    "test_time_s": 1.0,
-    "relative_time": 1.0,
-}
-"""Factor from a metrics.json value to the papers' units (fractions -> %)."""
-METRIC_UNITS: dict[str, str] = {"size_mb": "MB", "test_time_s": "s", "relative_time": "x baseline"}
-"""The unit of the metrics not given in % (those scaled by 100)."""
 INIT_KEY = "model.init_from"
 """The training option a row's ``init_from`` sets to the source row's ``last.ckpt``."""
-RESERVED_KEYS = ("seed", "output_dir", "ckpt_path", "ckpt", "table_row", "hydra")
-"""Keys the runner sets itself; a spec or profile may not override them."""
 ROW_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 CONFIG_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_/-]*(\.[A-Za-z0-9_/-]+)*$")
 """A config group or node a profile may ``drop``: ``dataset``, ``data.crop_size``, ``hydra/launcher``."""
 TABLE_FILE = re.compile(r"^t(\d+)$")
-
-
-class SpecError(ValueError):
-    """A table spec or profile that cannot be used, named by file and key."""
-
-
-def fail(path: Path | str, key: str, message: str) -> NoReturn:
-    raise SpecError(f"{display_path(path)}: {key}: {message}")
-
-
-def display_path(path: Path | str) -> str:
-    """``path`` relative to the repository when inside it (shorter messages)."""
-    path = Path(path)
-    try:
-        return str(path.resolve().relative_to(REPO_ROOT))
-    except ValueError:
-        return str(path)
-
-
-def metric_scale(name: str) -> float:
-    """Factor from metrics.json units to the paper's; KeyError for an unknown metric."""
-    if name.startswith(PER_CLASS_PREFIX):
-        return 100.0
-    return METRIC_SCALES[name]
-
-
-def metric_unit(name: str) -> str:
-    """The paper's unit of a metric: ``%`` for mIoU, accuracies and per-class IoU."""
-    return "%" if metric_scale(name) == 100.0 else METRIC_UNITS[name]
-
-
-def is_known_metric(name: str) -> bool:
-    return name in METRIC_SCALES or (name.startswith(PER_CLASS_PREFIX) and len(name) > len(PER_CLASS_PREFIX))
-
-
 CHOSEN = "chosen:"
 """How a card entry's ``source`` starts when the paper does not give the value (the reason follows)."""
 
@@ -282,182 +224,10 @@ def with_extra_settings(profile: Profile, extra: Sequence[str]) -> Profile:
                     "profile's evidence)")
 
 
-def yaml_kind(value: Any) -> str:
-    """What a YAML value is, in YAML's words (for messages): ``a list``, ``a string``, ``null``..."""
-    kinds = ((bool, "a boolean"), (int, "an integer"), (float, "a number"), (str, "a string"), (list, "a list"),
-             (dict, "a mapping"))
-    if value is None:
-        return "null"
-    return next((kind for cls, kind in kinds if isinstance(value, cls)), type(value).__name__)
-
-
-def _duplicate_key(node: yaml.Node, where: str = "", seen: set[int] | None = None) -> tuple[str, int, int] | None:
-    """The first key written twice in one mapping of the YAML ``node`` tree: (full key, first line, second line).
-
-    PyYAML keeps the last value of a repeated key silently, which would drop e.g. a row's first ``overrides``.
-    """
-    seen = set() if seen is None else seen
-    if id(node) in seen:  # an alias of an anchor already walked
-        return None
-    seen.add(id(node))
-    if isinstance(node, yaml.MappingNode):
-        lines: dict[str, int] = {}
-        for key_node, value_node in node.value:
-            key = str(key_node.value) if isinstance(key_node, yaml.ScalarNode) else None
-            full = f"{where}.{key}" if where else str(key)
-            line = key_node.start_mark.line + 1
-            if key is not None and key != "<<":
-                if key in lines:
-                    return full, lines[key], line
-                lines[key] = line
-            found = _duplicate_key(value_node, full, seen)
-            if found:
-                return found
-    elif isinstance(node, yaml.SequenceNode):
-        for index, item in enumerate(node.value):
-            found = _duplicate_key(item, f"{where}[{index}]", seen)
-            if found:
-                return found
-    return None
-
-
-def _yaml_problem(err: yaml.MarkedYAMLError) -> str:
-    """``line L, column C: <problem> (<context> at line L', column C')``: where the parser gave up and why."""
-
-    def at(mark: Any) -> str:
-        return f"line {mark.line + 1}, column {mark.column + 1}"
-
-    text = err.problem or "cannot parse"
-    if err.context:
-        text += f" ({err.context}" + (f" at {at(err.context_mark)})" if err.context_mark is not None else ")")
-    mark = err.problem_mark or err.context_mark
-    return f"{at(mark)}: {text}" if mark is not None else text
-
-
-def read_yaml(path: Path, allowed: Sequence[str]) -> dict[str, Any]:
-    """The top-level mapping of the YAML file ``path``; a :class:`SpecError` naming the file (and the key or
-    line) if it cannot be read, does not parse, repeats a key in one mapping, is empty or is not a mapping."""
-    try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as err:
-        fail(path, "<file>", f"cannot read the file: {err}")
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.MarkedYAMLError as err:
-        fail(path, "<yaml>", f"not valid YAML: {_yaml_problem(err)}")
-    except yaml.YAMLError as err:
-        fail(path, "<yaml>", f"not valid YAML: {str(err).replace(chr(10), ' ')}")
-    if node is None or data is None:
-        fail(path, "<top level>", f"the file is empty; expected a mapping with the keys {', '.join(allowed)}")
-    duplicate = _duplicate_key(node)
-    if duplicate is not None:
-        key, first, second = duplicate
-        fail(path, key, f"written twice (lines {first} and {second}); YAML would keep the last one silently")
-    return data
-
-
-class _Mapping:
-    """A YAML mapping being read: typed getters whose errors name the file and the full key."""
-
-    def __init__(self, data: Any, path: Path, where: str, allowed: Sequence[str]) -> None:
-        if not isinstance(data, dict):
-            fail(path, where or "<top level>", f"expected a mapping, got {yaml_kind(data)}")
-        self.data, self.path, self.where = data, path, where
-        for key in data:
-            if key not in allowed:
-                close = closest_key(str(key), allowed)
-                hint = f" (did you mean '{close}'?)" if close else ""
-                fail(path, self.key(str(key)), f"unknown key{hint}; allowed keys: {', '.join(allowed)}")
-
-    def key(self, name: str) -> str:
-        return f"{self.where}.{name}" if self.where else name
-
-    def has(self, name: str) -> bool:
-        return self.data.get(name) is not None
-
-    def get(self, name: str, kind: type | tuple[type, ...], required: bool = False, default: Any = None) -> Any:
-        value = self.data.get(name)
-        if value is None:
-            if required:
-                fail(self.path, self.key(name), "required key is missing")
-            return default
-        if not isinstance(value, kind) or (kind in (int, float) and isinstance(value, bool)):
-            names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
-            fail(self.path, self.key(name), f"expected {names}, got {value!r}")
-        return value
-
-    def text(self, name: str, required: bool = False) -> str | None:
-        value = self.get(name, str, required)
-        if value is not None and not value.strip():
-            fail(self.path, self.key(name), "must not be empty")
-        return value
-
-    def choice(self, name: str, choices: Sequence[str], default: str) -> str:
-        value = self.get(name, str, default=default)
-        if value not in choices:
-            fail(self.path, self.key(name), f"must be one of {', '.join(choices)}, got '{value}'")
-        return value
-
-    def strings(self, name: str, unique: bool = False) -> tuple[str, ...]:
-        values = self.get(name, list, default=[])
-        for index, value in enumerate(values):
-            if not isinstance(value, str):
-                fail(self.path, f"{self.key(name)}[{index}]", f"expected a string, got {value!r}")
-            if unique and value in values[:index]:
-                fail(self.path, f"{self.key(name)}[{index}]",
-                     f"'{value}' is listed twice (also {self.key(name)}[{values.index(value)}])")
-        return tuple(values)
-
-    def positive(self, name: str, required: bool = False) -> int | None:
-        value = self.get(name, int, required)
-        if value is not None and value < 1:
-            fail(self.path, self.key(name), f"must be >= 1, got {value}")
-        return value
-
-    def numbers(self, name: str, required: bool = False) -> dict[str, float]:
-        values = self.get(name, dict, required, default={})
-        for key, value in values.items():
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                fail(self.path, f"{self.key(name)}.{key}", f"expected a number, got {value!r}")
-            if not math.isfinite(value):
-                fail(self.path, f"{self.key(name)}.{key}", f"expected a finite number, got {value!r}")
-        return {str(k): float(v) for k, v in values.items()}
-
-
-def check_overrides(overrides: Sequence[str], path: Path, key: str) -> None:
-    """Hydra-parsable, single-valued, no deletions, no keys the runner owns, no key set twice, no ``_target_``
-    outside the allowed packages (unless trusted)."""
-    parser = OverridesParser.create()
-    first: dict[str, int] = {}
-    for index, text in enumerate(overrides):
-        where = f"{key}[{index}]"
-        if text.startswith("~"):
-            fail(path, where, f"'{text}': deletions cannot be expressed in a table row; set the value instead")
-        if "=" not in text:
-            fail(path, where, f"'{text}' is not an override (expected key=value)")
-        name = override_key(text)
-        if name.split(".")[0].split("/")[0] in RESERVED_KEYS:
-            fail(path, where, f"'{text}': {name} is set by segexp-table itself")
-        try:
-            parsed = parser.parse_override(text)
-        except HydraException as err:
-            fail(path, where, f"'{text}' does not parse as a Hydra override: {err}")
-        if parsed.is_sweep_override():
-            fail(path, where, f"'{text}' is a sweep; write one row per value")
-        if name in first:
-            fail(path, where, f"'{text}' sets {name} again (already set by {key}[{first[name]}]); keep one")
-        first[name] = index
-        try:
-            check_override_targets(text)
-        except UntrustedTargetError as err:
-            fail(path, where, str(err))
-
-
 CARD_ENTRY_KEYS = ("value", "source", "paper")
 
 
-def read_card(node: _Mapping, name: str) -> Card:
+def read_card(node: YamlMapping, name: str) -> Card:
     """The ``name`` mapping of ``node``: config key -> {value, source, paper}; every entry states its source,
     and an entry with ``paper`` (a deviation from the paper) must be a stated choice."""
     entries = node.get(name, dict, default={})
@@ -466,7 +236,7 @@ def read_card(node: _Mapping, name: str) -> Card:
         where = node.key(f"{name}.{key}")
         if not isinstance(key, str) or not CONFIG_KEY.match(key):
             fail(node.path, where, "expected a config key such as trainer.precision")
-        entry = _Mapping(data, node.path, where, CARD_ENTRY_KEYS)
+        entry = YamlMapping(data, node.path, where, CARD_ENTRY_KEYS)
         if "value" not in entry.data:
             fail(node.path, f"{where}.value", "required key is missing (null is a value: write `value: null`)")
         source = entry.text("source", required=True)
@@ -481,7 +251,7 @@ def read_card(node: _Mapping, name: str) -> Card:
 STATEMENT_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
-def read_statements(node: _Mapping, name: str) -> Statements:
+def read_statements(node: YamlMapping, name: str) -> Statements:
     """The ``name`` mapping of ``node``: snake_case name -> the stated choice, which names its source (a section
     of the paper, or ``chosen: <reason>``)."""
     entries = node.get(name, dict, default={})
@@ -499,10 +269,10 @@ def read_statements(node: _Mapping, name: str) -> Statements:
 PROTOCOL_KEYS = ("effective_batch", "max_steps", "card", "statements")
 
 
-def _protocol(node: _Mapping, name: str) -> Protocol | None:
+def _protocol(node: YamlMapping, name: str) -> Protocol | None:
     if not node.has(name):
         return None
-    sub = _Mapping(node.data[name], node.path, node.key(name), PROTOCOL_KEYS)
+    sub = YamlMapping(node.data[name], node.path, node.key(name), PROTOCOL_KEYS)
     return Protocol(effective_batch=sub.positive("effective_batch"), max_steps=sub.positive("max_steps"),
                     card=read_card(sub, "card"), statements=read_statements(sub, "statements"))
 
@@ -517,7 +287,7 @@ DISTRIBUTED_KEYS = ("max_processes", "overrides")
 
 
 def _row(data: Any, path: Path, where: str) -> Row:
-    node = _Mapping(data, path, where, ROW_KEYS)
+    node = YamlMapping(data, path, where, ROW_KEYS)
     name = node.text("name", required=True)
     if not ROW_NAME.match(name):
         fail(path, node.key("name"), f"'{name}' must match {ROW_NAME.pattern} (it names a folder and a Hydra choice)")
@@ -553,11 +323,6 @@ def _row(data: Any, path: Path, where: str) -> Row:
         if metric not in MEASURABLE:
             fail(path, f"{node.key('measure')}[{index}]", f"'{metric}' is not measurable; use {MEASURABLE}")
     return row
-
-
-def is_tracked_spec(path: Path) -> bool:
-    """Whether ``path`` is one of this checkout's ``experiments/<paper>/t<N>.yaml`` (else a user's copy)."""
-    return path.resolve().parent.parent == EXPERIMENTS_DIR.resolve()
 
 
 def _check_identity(spec: TableSpec) -> None:
@@ -630,7 +395,7 @@ def load_paper_card(paper_dir: Path, paper: str | None = None) -> Protocol:
     path = paper_dir / PAPER_CARD_FILE
     if not path.is_file():
         return Protocol()
-    node = _Mapping(read_yaml(path, PAPER_CARD_KEYS), path, "", PAPER_CARD_KEYS)
+    node = YamlMapping(read_yaml(path, PAPER_CARD_KEYS), path, "", PAPER_CARD_KEYS)
     expected = paper or paper_dir.name
     if node.text("paper", required=True) != expected:
         fail(path, "paper", f"must be '{expected}' (the paper of the tables beside it)")
@@ -648,7 +413,7 @@ def card_folder(path: Path, paper: str) -> tuple[Path, str | None]:
 def load_spec(path: Path) -> TableSpec:
     """Read and validate one ``experiments/<paper>/t<N>.yaml`` (its card over the paper's ``card.yaml``), or a
     copy of one elsewhere (see :func:`_check_identity`)."""
-    node = _Mapping(read_yaml(path, TABLE_KEYS), path, "", TABLE_KEYS)
+    node = YamlMapping(read_yaml(path, TABLE_KEYS), path, "", TABLE_KEYS)
     rows = node.get("rows", list, required=True) or fail(path, "rows", "list at least one row")
     spec = TableSpec(
         id=node.text("id", required=True),
@@ -704,7 +469,7 @@ def load_profile(name: str, root: Path = PROFILES_DIR) -> Profile:
     if not path.is_file():
         known = ", ".join(sorted(p.stem for p in root.glob("*.yaml")))
         raise SpecError(f"unknown profile '{name}' (no {display_path(path)}); profiles: {known}")
-    node = _Mapping(read_yaml(path, PROFILE_KEYS), path, "", PROFILE_KEYS)
+    node = YamlMapping(read_yaml(path, PROFILE_KEYS), path, "", PROFILE_KEYS)
     profile = Profile(
         name=name,
         description=node.text("description", required=True),
@@ -725,10 +490,10 @@ def load_profile(name: str, root: Path = PROFILES_DIR) -> Profile:
     return profile
 
 
-def _distributed(node: _Mapping) -> Distributed | None:
+def _distributed(node: YamlMapping) -> Distributed | None:
     if not node.has("distributed"):
         return None
-    sub = _Mapping(node.data["distributed"], node.path, node.key("distributed"), DISTRIBUTED_KEYS)
+    sub = YamlMapping(node.data["distributed"], node.path, node.key("distributed"), DISTRIBUTED_KEYS)
     most = sub.positive("max_processes", required=True)
     distributed = Distributed(max_processes=most, overrides=sub.strings("overrides"))
     check_overrides(distributed.overrides, node.path, sub.key("overrides"))
