@@ -301,7 +301,7 @@ class Runner:
         per_test = min(PER_TEST_TIMEOUT_S[name], max(1, int(timeout) - 5))
         command = [self.python, "-m", "pytest", "-p", "no:cacheprovider", "-o", "addopts=", "-m", marker, "-v",
                    "--tb=short", "-rs", "--durations=10", "-p", "pytest_test_timeout",
-                   f"--per-test-timeout={per_test}", "tests/test_gpu.py", "tests/test_syncbn_gpu.py"]
+                   f"--per-test-timeout={per_test}", "tests/gpu/"]
         code, timed_out = self.run(command, log, timeout)
         counts = pytest_counts(log.read_text(errors="replace"))
         detail = ", ".join(f"{count} {outcome}" for outcome, count in counts.items())

@@ -1,8 +1,10 @@
-"""Shared fixtures: config composition for tests and a fast synthetic run config."""
+"""Fixtures every test folder shares (target checks on by default, composing the tiny run, one OpenMP thread for
+training subprocesses) and the markers the layout gives: every test under ``tests/end_to_end/`` is ``slow``
+(``make test-slow``), every test under ``tests/gpu/`` is ``gpu`` (``make test-gpu``). Plain helpers live in
+``tests/helpers/``."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -11,38 +13,20 @@ from omegaconf import DictConfig
 
 from segexp.config import compose_config
 from segexp.targets import TRUST_TARGETS_ENV
+from tests.helpers.runs import FAST_RUN
 
-CAMVID_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "camvid"
-
-# A tiny but complete run: real model code, a handful of steps on small synthetic crops.
-FAST_RUN = [
-    "experiment=synthetic",
-    "logger=csv",
-    "dataset.num_images=24",
-    "dataset.image_size=64",
-    "data.crop_size=[64,64]",
-    "data.batch_size=4",
-    "data.val_batch_size=8",
-    "data.num_workers=0",
-    "head.channels=16",
-    "trainer.max_steps=6",
-    "trainer.val_check_interval=3",
-    "trainer.enable_progress_bar=false",
-]
+TESTS_DIR = Path(__file__).resolve().parent
+FOLDER_MARKERS = {"end_to_end": "slow", "gpu": "gpu"}
+"""The folders whose every test carries a marker, so that where a test lives says when it runs."""
 
 
-def wandb_record(output_dir: Path, *expected: bytes, timeout_s: float = 30.0) -> bytes:
-    """The record file of the one offline wandb run under ``output_dir``, once it holds every ``expected`` part
-    (or, after ``timeout_s``, as it is). wandb's writer process flushes the file shortly after ``wandb.finish``
-    returns: on a busy machine it can still be a bare header at that moment."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        [run_dir] = (output_dir / "wandb").glob("offline-run-*")
-        [records] = run_dir.glob("run-*.wandb")
-        data = records.read_bytes()
-        if all(part in data for part in expected) or time.monotonic() > deadline:
-            return data
-        time.sleep(0.2)
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark the tests of ``tests/end_to_end/`` slow and those of ``tests/gpu/`` gpu, before ``-m`` selects."""
+    for item in items:
+        folder = item.path.resolve().relative_to(TESTS_DIR).parts[0]
+        if folder in FOLDER_MARKERS:
+            item.add_marker(FOLDER_MARKERS[folder])
 
 
 @pytest.fixture(autouse=True)
@@ -67,3 +51,10 @@ def make_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
         return compose_config([*base, f"output_dir={out}", *overrides], config_name=config_name)
 
     return make
+
+
+@pytest.fixture
+def one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Training subprocesses use one OpenMP thread: on a busy 2-core machine, 2 threads contending with
+    other processes make these tiny runs ~10x slower (spinning OpenMP barriers)."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")

@@ -7,9 +7,7 @@ from pathlib import Path
 import pytest
 from hydra.errors import ConfigCompositionException
 
-from segexp.cli.info import (
-    model_summary,
-)
+from segexp.cli.info import model_summary
 from segexp.config import CONF_DIR, ConfigError, compose_config
 from segexp.training.build import validate
 

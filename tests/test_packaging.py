@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import FAST_RUN
+from tests.helpers.runs import FAST_RUN
 
 REPO = Path(__file__).resolve().parents[1]
 

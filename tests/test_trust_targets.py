@@ -26,8 +26,8 @@ from segexp.tables.spec import load_profile, load_spec
 from segexp.tables.yaml_reader import SpecError
 from segexp.targets import TRUST_TARGETS_ENV, UntrustedTargetError, check_target_allowed
 from segexp.training.build import validate
-from tests.conftest import FAST_RUN
-from tests.specs import write_spec
+from tests.helpers.runs import FAST_RUN
+from tests.helpers.tables import write_spec
 
 ALLOWED = "not in the allowed packages (segexp, torch, torchvision, pytorch_lightning, lightning, albumentations)"
 
@@ -90,7 +90,7 @@ def test_allowed_packages_pass(target: str) -> None:
 
 @pytest.mark.parametrize(("target", "why"), [
     ("torchx.foo", ALLOWED), ("segexpevil.x", ALLOWED), ("os.system", ALLOWED), ("subprocess.call", ALLOWED),
-    ("builtins.eval", ALLOWED), ("tests.test_outputs.ScaleWeights", ALLOWED),
+    ("builtins.eval", ALLOWED), ("tests.models.test_outputs.ScaleWeights", ALLOWED),
     ("hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher", ALLOWED),  # only under hydra.*
     ("torch.hub.load", "torch.hub loads or runs code from outside the config"),
     ("torch.load", "torch.load loads or runs code"), ("torch.utils.cpp_extension.load_inline", "cpp_extension"),

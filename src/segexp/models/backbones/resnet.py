@@ -20,7 +20,7 @@ Segmentation" (DeepLabv3):
   3x3 convs are padded by their dilation, so a stage keeps the spatial size, and the final feature map of an
   HxW input is ceil(H / OS) x ceil(W / OS).
 
-  Consequence (tested in ``tests/test_hole_algorithm.py``): the same weights at OS s/2 compute the OS-s
+  Consequence (tested in ``tests/models/test_hole_algorithm.py``): the same weights at OS s/2 compute the OS-s
   network densely, ``features(OS s/2)[..., ::2, ::2] == features(OS s)`` exactly (up to float rounding) at
   every stage past the removed stride, for any input size; at OS 16 or 8 the trunk computes the ImageNet
   network's features (at OS 32) on a denser grid.
@@ -50,7 +50,7 @@ Segmentation" (DeepLabv3):
   ``frozen_bn=True`` replaces every BN by ``FrozenBatchNorm2d`` (FCRN; DeepLabv3's second stage).
 
 Note on receptive fields: the hole algorithm keeps the field of view of the strided network, e.g. ResNet-18
-covers 435 px at OS 32, 16 and 8 alike (``tests/test_resnet.py``); multi-grid enlarges it (MG (1, 2): 563 px
+covers 435 px at OS 32, 16 and 8 alike (``tests/models/test_resnet.py``); multi-grid enlarges it (MG (1, 2): 563 px
 at any output stride).
 """
 
