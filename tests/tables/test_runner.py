@@ -15,20 +15,12 @@ from omegaconf import OmegaConf
 
 from segexp.cli import table as cli
 from segexp.tables import runner
+from segexp.tables.launch import Launch, single_command, sweep_command
+from segexp.tables.lock import table_lock
 from segexp.tables.paths import EXPERIMENTS_DIR, RESULTS_DIR
 from segexp.tables.plan import NotRunUnderProfile, plan_eval_job, plan_train_job
 from segexp.tables.report import write_report
-from segexp.tables.runner import (
-    Launch,
-    RunResult,
-    can_resume,
-    launch,
-    prepare,
-    run_table,
-    single_command,
-    sweep_command,
-    table_lock,
-)
+from segexp.tables.runner import RunResult, can_resume, launch, prepare, run_table
 from segexp.tables.spec import Row, load_profile, load_spec, load_table, with_extra_settings
 from segexp.tables.yaml_reader import SpecError
 from tests.helpers.tables import FAILING_ROW_TABLE, STAGED, fabricate, tree, write_spec
