@@ -31,3 +31,20 @@ def test_the_end_to_end_folder_is_slow_and_the_gpu_folder_is_gpu() -> None:
     assert list((TESTS / "end_to_end").glob("test_*.py")) and list((TESTS / "gpu").glob("test_*.py"))
     assert selected("end_to_end", "not slow") == 5  # every test there is slow
     assert selected("gpu", "not gpu") == 5
+
+
+def test_the_readme_layout_table_names_every_module() -> None:
+    """README "Layout" names each module of src/segexp and its packages (deeper folders such as ``heads/`` by their
+    folder), so the table a newcomer reads matches the tree."""
+    readme = (REPO_ROOT / "README.md").read_text()
+    layout = readme[readme.index("### Layout"):readme.index("### Adding a component")]
+    package = REPO_ROOT / "src" / "segexp"
+    missing = []
+    for path in sorted(package.rglob("*.py")):
+        parts = path.relative_to(package).parts
+        if path.name == "__init__.py":
+            continue
+        names = (path.name, f"`{path.stem}`") if len(parts) <= 2 else (f"`{parts[1]}/`",)
+        if not any(name in layout for name in names):
+            missing.append("/".join(parts))
+    assert not missing, f"README Layout does not name: {missing}"
