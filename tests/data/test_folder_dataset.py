@@ -21,7 +21,9 @@ from segexp.data.submission import palette_png
 from segexp.training.build import build_datamodule, build_module, validate
 from tests.helpers.data_files import (
     COLOUR_CLASSES,
+    FOLDER_HEIGHT,
     FOLDER_RUN,
+    FOLDER_WIDTH,
     NAMES,
     PALETTE,
     VOID_COLOUR,
@@ -33,7 +35,7 @@ from tests.helpers.data_files import (
     write_rgb,
 )
 
-HEIGHT, WIDTH = 40, 48
+HEIGHT, WIDTH = FOLDER_HEIGHT, FOLDER_WIDTH
 
 MODEL_BASE = ["backbone=resnet18", "backbone.output_stride=8", "trainer=cpu", "logger=csv", "data.num_workers=0",
               "data.crop_size=[40,48]", "data.batch_size=2"]
